@@ -1,0 +1,27 @@
+"""nbval runs each chapter in its own kernel; give each kernel a fresh, empty artifact cache.
+
+This makes `make test` show what the book promises: every chapter runs alone, in a fresh kernel, with an empty
+cache, training whatever it needs.
+"""
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+_caches: dict = {}  # notebook path -> its cache folder
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before a chapter's first cell (its kernel starts then), point LDM_CACHE at a new empty folder."""
+    path = str(getattr(item, "path", ""))
+    if path.endswith(".ipynb") and path not in _caches:
+        _caches[path] = tempfile.mkdtemp(prefix="ldm-cache-")
+        os.environ["LDM_CACHE"] = _caches[path]
+
+
+def pytest_sessionfinish(session):
+    for folder in _caches.values():
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,106 @@
+"""Multi-head attention from scratch and the SpatialTransformer block.
+
+Vaswani et al. 2017, Eq. 1: Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V. In the LDM (paper Eq. 3) the
+queries come from the UNet's flattened features phi_i(z_t) and, in cross-attention, the keys and values come
+from the conditioning tokens ``context`` = tau_theta(y), so every pixel of the feature map can look up what the
+condition says.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class Attention(nn.Module):
+    """Multi-head scaled dot-product attention; self-attention when ``context`` is None, else cross-attention.
+
+    Args:
+        d_query: width of the queries' input x.
+        d_context: width of the context tokens (None: self-attention only, the context is x itself).
+        heads: number of heads; ``d_query`` must be divisible by it (each head has d = d_query / heads).
+
+    Raises:
+        ValueError: at construction if ``d_query`` is not divisible by ``heads``; in ``forward`` if x or
+            context have the wrong shape.
+    """
+
+    def __init__(self, d_query: int, d_context: int | None = None, heads: int = 4):
+        super().__init__()
+        if d_query % heads:
+            raise ValueError(f"d_query={d_query} must be divisible by heads={heads}")
+        self.heads, self.d_head = heads, d_query // heads
+        self.d_query, self.d_context = d_query, d_context or d_query
+        self.to_q = nn.Linear(d_query, d_query, bias=False)
+        self.to_k = nn.Linear(self.d_context, d_query, bias=False)
+        self.to_v = nn.Linear(self.d_context, d_query, bias=False)
+        self.to_out = nn.Linear(d_query, d_query)
+        self.last_weights: torch.Tensor | None = None  # (B, heads, N, M), kept when keep_weights is True
+        self.keep_weights = False
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, d_query), context (B, M, d_context) or None -> (B, N, d_query)."""
+        if x.dim() != 3 or x.shape[-1] != self.d_query:
+            raise ValueError(f"x must be (B, N, {self.d_query}), got {tuple(x.shape)}")
+        context = x if context is None else context
+        if context.dim() != 3 or context.shape[0] != x.shape[0] or context.shape[-1] != self.d_context:
+            raise ValueError(f"context must be ({x.shape[0]}, M, {self.d_context}), got {tuple(context.shape)}")
+        B, N, _ = x.shape
+        M = context.shape[1]
+        q = self.to_q(x).view(B, N, self.heads, self.d_head).transpose(1, 2)  # (B, heads, N, d)
+        k = self.to_k(context).view(B, M, self.heads, self.d_head).transpose(1, 2)  # (B, heads, M, d)
+        v = self.to_v(context).view(B, M, self.heads, self.d_head).transpose(1, 2)  # (B, heads, M, d)
+        # softmax(Q K^T / sqrt(d)) V
+        weights = torch.softmax(q @ k.transpose(-2, -1) / self.d_head**0.5, dim=-1)  # (B, heads, N, M)
+        if self.keep_weights:
+            self.last_weights = weights.detach()
+        out = (weights @ v).transpose(1, 2).reshape(B, N, self.d_query)  # (B, N, heads * d)
+        return self.to_out(out)
+
+
+class SpatialTransformer(nn.Module):
+    """The LDM's transformer block on a feature map (paper Sec. 3.3, Fig. 3; reference code ``SpatialTransformer``).
+
+    GroupNorm -> 1x1 projection in -> flatten to tokens -> self-attention -> cross-attention to ``context``
+    -> feed-forward (each pre-LayerNorm, residual) -> 1x1 projection out (zero-initialised) -> + input.
+
+    Args:
+        channels: C of the feature map.
+        d_context: width of the context tokens; None for a block with self-attention only.
+        heads: attention heads.
+        groups: GroupNorm groups; must divide ``channels``.
+
+    Raises:
+        ValueError: if ``groups`` does not divide ``channels``; in ``forward`` if the context is missing,
+            unexpected or of the wrong shape.
+    """
+
+    def __init__(self, channels: int, d_context: int | None, heads: int, groups: int):
+        super().__init__()
+        if channels % groups:
+            raise ValueError(f"groups={groups} must divide channels={channels}")
+        self.norm = nn.GroupNorm(groups, channels)
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.norm1, self.self_attention = nn.LayerNorm(channels), Attention(channels, None, heads)
+        self.d_context = d_context
+        if d_context is not None:
+            self.norm2, self.cross_attention = nn.LayerNorm(channels), Attention(channels, d_context, heads)
+        self.norm3 = nn.LayerNorm(channels)
+        self.feed_forward = nn.Sequential(nn.Linear(channels, 4 * channels), nn.GELU(), nn.Linear(4 * channels, channels))
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj_out.weight)  # the block starts as the identity
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, h, w), context (B, M, d_context) -> (B, C, h, w)."""
+        if (context is None) != (self.d_context is None):
+            raise ValueError(f"this block expects context (B, M, {self.d_context}), got "
+                             f"{None if context is None else tuple(context.shape)}")
+        B, C, height, width = x.shape
+        tokens = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B, h*w, C)
+        tokens = tokens + self.self_attention(self.norm1(tokens))
+        if context is not None:
+            tokens = tokens + self.cross_attention(self.norm2(tokens), context)
+        tokens = tokens + self.feed_forward(self.norm3(tokens))
+        out = tokens.transpose(1, 2).reshape(B, C, height, width)  # (B, C, h, w)
+        return x + self.proj_out(out)

@@ -1,0 +1,138 @@
+"""The first stage: a convolutional autoencoder with a spatial latent, KL-regularised.
+
+Paper Sec. 3.1 ("Perceptual Image Compression"): an encoder E maps an image x of shape (B, C, H, W) to a
+latent z = E(x) of shape (B, c, H/f, W/f) with downsampling factor f = 2^m, and a decoder D maps it back,
+x_hat = D(z). A slight KL penalty towards N(0, I) keeps the latent's scale in check ("KL-reg.").
+
+Symbols (see the notation page): ``x`` pixels in [-1, 1]; ``z`` latent; ``f`` downsampling factor;
+``c`` = ``latent_channels``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    in_channels: int = 1  # C, image channels
+    channels: int = 16  # width of the first level; level i has channels * channel_mult[i]
+    channel_mult: tuple[int, ...] = (1, 2, 4)  # one entry per level; f = 2 ** (len(channel_mult) - 1)
+    latent_channels: int = 4  # c, channels of z
+    groups: int = 8  # GroupNorm groups; must divide every level's width
+
+    @property
+    def f(self) -> int:
+        """Downsampling factor: each level after the first halves height and width."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @classmethod
+    def tiny(cls) -> "AutoencoderConfig":
+        """A few thousand parameters, for tests."""
+        return cls(channels=8, channel_mult=(1, 2, 2), latent_channels=2, groups=4)
+
+    def __post_init__(self):
+        widths = [self.channels * m for m in self.channel_mult]
+        if not self.channel_mult:
+            raise ValueError("channel_mult must have at least one level")
+        bad = [w for w in widths if w % self.groups]
+        if bad:
+            raise ValueError(f"groups={self.groups} must divide every level width {widths}; it does not divide {bad}")
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv3x3, twice, plus a (1x1-projected) skip. (B, C_in, h, w) -> (B, C_out, h, w)."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.GroupNorm(groups, in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            nn.GroupNorm(groups, out_channels), nn.SiLU(), nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        )
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.block(x)
+
+
+class DiagonalGaussian:
+    """The posterior q(z | x) = N(mean, diag(exp(logvar))), one Gaussian per latent element.
+
+    Args:
+        moments: (B, 2c, h, w), the encoder's output: mean, then log-variance, along channels.
+            The log-variance is clamped to [-30, 20] (as in the reference code) so exp() stays finite.
+    """
+
+    def __init__(self, moments: torch.Tensor):
+        self.mean, logvar = moments.chunk(2, dim=1)  # (B, c, h, w) each
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z = mean + std * eps, eps ~ N(0, I) (the reparameterisation trick). (B, c, h, w)."""
+        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps
+
+    def mode(self) -> torch.Tensor:
+        """The most likely latent, the mean. (B, c, h, w)."""
+        return self.mean
+
+    def kl(self) -> torch.Tensor:
+        """KL(q(z | x) || N(0, I)) summed over latent elements: 0.5 * sum(mean^2 + var - 1 - logvar). (B,)."""
+        return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).sum(dim=(1, 2, 3))
+
+
+class Autoencoder(nn.Module):
+    """KL-regularised autoencoder: ``encode`` x (B, C, H, W) -> q(z | x) over (B, c, H/f, W/f); ``decode`` back.
+
+    ``scale_factor`` (a buffer, 1.0 until set) is 1 / std of the training latents, computed from data by
+    :func:`ldm_core.pretrained.latent_scale_factor`; diffusion runs on ``scale_factor * z`` (paper Sec. 3.1/G).
+
+    Raises:
+        ValueError: from :meth:`encode` if the input is not (B, C, H, W) with H and W divisible by f.
+    """
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__()
+        self.config = config
+        widths = [config.channels * m for m in config.channel_mult]
+        g = config.groups
+        down: list[nn.Module] = [nn.Conv2d(config.in_channels, widths[0], 3, padding=1)]
+        for i, width in enumerate(widths):
+            down.append(ResBlock(widths[max(i - 1, 0)], width, g))
+            if i < len(widths) - 1:
+                down.append(nn.Conv2d(width, width, 3, stride=2, padding=1))  # halve height and width
+        down += [nn.GroupNorm(g, widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], 2 * config.latent_channels, 3, padding=1)]
+        self.encoder = nn.Sequential(*down)
+
+        up: list[nn.Module] = [nn.Conv2d(config.latent_channels, widths[-1], 3, padding=1)]
+        for i in reversed(range(len(widths))):
+            up.append(ResBlock(widths[min(i + 1, len(widths) - 1)], widths[i], g))
+            if i > 0:
+                up += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(widths[i], widths[i], 3, padding=1)]
+        up += [nn.GroupNorm(g, widths[0]), nn.SiLU(), nn.Conv2d(widths[0], config.in_channels, 3, padding=1)]
+        self.decoder = nn.Sequential(*up)
+        self.register_buffer("scale_factor", torch.tensor(1.0))
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+        """q(z | x) for images x (B, C, H, W) in [-1, 1]; its mean and samples are (B, c, H/f, W/f)."""
+        f, C = self.config.f, self.config.in_channels
+        if x.dim() != 4 or x.shape[1] != C or x.shape[2] % f or x.shape[3] % f:
+            raise ValueError(f"x must be (B, {C}, H, W) with H and W divisible by f={f}, got {tuple(x.shape)}")
+        return DiagonalGaussian(self.encoder(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """x_hat = D(z) for latents z (B, c, h, w) (unscaled); returns (B, C, h*f, w*f), roughly in [-1, 1]."""
+        c = self.config.latent_channels
+        if z.dim() != 4 or z.shape[1] != c:
+            raise ValueError(f"z must be (B, {c}, h, w), got {tuple(z.shape)}")
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """Reconstruct x through a posterior sample. Returns (x_hat (B, C, H, W), posterior)."""
+        posterior = self.encode(x)
+        return self.decode(posterior.sample(generator)), posterior
+

@@ -1,0 +1,90 @@
+"""The latent diffusion model as a whole: the frozen autoencoder, the denoiser and the schedule.
+
+Paper Sec. 3.2: diffusion runs on z = scale_factor * E(x); a sample z_0 from the reverse process is decoded by
+x = D(z_0 / scale_factor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .autoencoder import Autoencoder
+from .samplers import classifier_free_guidance, ddim_sample, ddpm_sample, make_timesteps
+from .unet import Denoiser
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+@dataclass
+class LatentDiffusion:
+    autoencoder: Autoencoder  # frozen first stage; its scale_factor buffer maps E(x) to unit scale
+    denoiser: Denoiser  # eps_theta(z_t, t, y)
+    alpha_bar: torch.Tensor  # (T,) float64 schedule the denoiser was trained with
+    image_size: int = 32  # H = W of the images, in pixels
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(c, h, w) of the latents: h = w = image_size / f."""
+        config = self.autoencoder.config
+        return (config.latent_channels, self.image_size // config.f, self.image_size // config.f)
+
+    @property
+    def T(self) -> int:
+        return self.alpha_bar.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) in [-1, 1] -> scaled latents z_0 = scale_factor * mode(q(z | x)), (B, c, H/f, W/f)."""
+        return self.autoencoder.scale_factor * self.autoencoder.encode(x).mode()
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, c, h, w) -> images D(z / scale_factor) (B, C, h*f, w*f), roughly in [-1, 1]."""
+        return self.autoencoder.decode(z / self.autoencoder.scale_factor)
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor | None = None, n: int | None = None, *, sampler: str = "ddim",
+               steps: int = 50, eta: float = 0.0, guidance_scale: float = 1.0,
+               generator: torch.Generator | None = None,
+               callback=None) -> torch.Tensor:
+        """Draw images: noise z_T -> sampler -> z_0 -> decoder.
+
+        Args:
+            labels: (B,) int64 class labels for a conditional denoiser (None for an unconditional one).
+            n: number of samples for an unconditional denoiser.
+            sampler: ``"ddpm"`` (ancestral) or ``"ddim"``.
+            steps: number of sampler steps, in [1, T], spaced by ``make_timesteps(T, steps)``.
+            eta: DDIM's eta (ignored by ``"ddpm"``).
+            guidance_scale: classifier-free guidance s; 1 is plain conditional sampling.
+            generator: source of all randomness (a CPU generator gives the same samples on any device).
+            callback: passed to the sampler.
+
+        Returns:
+            images (B, C, H, W), roughly in [-1, 1], on the CPU.
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        conditional = self.denoiser.conditioner is not None
+        if conditional == (labels is None) or (labels is None) == (n is None):
+            raise ValueError("give labels for a conditional denoiser, or n for an unconditional one")
+        batch = len(labels) if conditional else n
+        noise = torch.randn((batch, *self.latent_shape), generator=generator).to(self.device)
+        model, cond = self.denoiser, None
+        if conditional:
+            cond = labels.to(self.device)
+            if guidance_scale != 1.0:
+                model = classifier_free_guidance(self.denoiser, guidance_scale,
+                                                 lambda B: self.denoiser.conditioner.null(B, self.device))
+        timesteps = make_timesteps(self.T, steps)
+        if sampler == "ddpm":
+            z0 = ddpm_sample(model, noise, self.alpha_bar, timesteps, cond, generator=generator, callback=callback)
+        else:
+            z0 = ddim_sample(model, noise, self.alpha_bar, timesteps, cond, eta=eta, generator=generator,
+                             callback=callback)
+        return self.decode(z0).cpu()

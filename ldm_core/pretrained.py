@@ -1,0 +1,269 @@
+"""Recipes for every model the book trains, and the artifact cache that shares them between chapters.
+
+A chapter asks, say, for "the f=4 autoencoder at this budget": :func:`autoencoder` loads it from the cache if
+it is there and trains it with its recipe if not. The cache lives in ``LDM_CACHE`` (default
+``$XDG_CACHE_HOME/ldm_core`` or ``~/.cache/ldm_core``); each file's name is a hash of the recipe and the
+package version, so a changed recipe never loads a stale model. Files are written atomically (temporary
+file, then rename) and loaded with ``weights_only=True``; a file that fails to load is retrained, not trusted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from . import __version__
+from .autoencoder import Autoencoder, AutoencoderConfig
+from .budget import get_budget, get_device
+from .conditioning import ClassEmbedder
+from .data import load_mnist
+from .metrics import DigitClassifier, random_shift
+from .pipeline import LatentDiffusion
+from .schedules import alpha_bar_from_betas, linear_beta_schedule
+from .train import autoencoder_loss, diffusion_loss, random_batches, train
+from .unet import Denoiser, UNet, UNetConfig
+
+
+@dataclass(frozen=True)
+class AutoencoderRecipe:
+    config: AutoencoderConfig = AutoencoderConfig()
+    steps: int = 1200  # optimiser steps
+    batch_size: int = 32
+    lr: float = 1e-3
+    kl_weight: float = 1e-6  # the paper's "slight" KL weight, with the per-image-sum reduction
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DiffusionRecipe:
+    autoencoder: AutoencoderRecipe = AutoencoderRecipe()  # the first stage the latents come from
+    unet: UNetConfig = UNetConfig(channels=32)
+    conditional: bool = False  # class-conditional through cross-attention to a label token
+    p_uncond: float = 0.1  # condition dropout: the fraction of labels replaced by the null label
+    T: int = 1000  # diffusion steps
+    beta_start: float = 1e-4  # DDPM linear schedule
+    beta_end: float = 0.02
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 5e-4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ClassifierRecipe:
+    width: int = 32
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    max_shift: int = 2  # augmentation: random translation by up to this many pixels
+    seed: int = 0
+
+
+_SMOKE_AE = AutoencoderRecipe(config=AutoencoderConfig.tiny(), steps=20, batch_size=32)
+_FULL_AE = AutoencoderRecipe(config=AutoencoderConfig(channels=64, channel_mult=(1, 2, 2)), steps=8000, batch_size=128)
+AUTOENCODER_RECIPES = {"smoke": _SMOKE_AE, "book": AutoencoderRecipe(), "full": _FULL_AE}
+CLASSIFIER_RECIPES = {
+    "smoke": ClassifierRecipe(width=8, steps=20, batch_size=32),
+    "book": ClassifierRecipe(),
+    "full": ClassifierRecipe(steps=4000, batch_size=128),
+}
+
+
+def diffusion_recipe(budget: str, conditional: bool) -> DiffusionRecipe:
+    """The latent diffusion recipe for a budget; the conditional one adds a label token of width d_context."""
+    if budget == "smoke":
+        recipe = DiffusionRecipe(autoencoder=_SMOKE_AE, unet=UNetConfig.tiny(in_channels=2), steps=20, batch_size=32)
+    elif budget == "book":
+        recipe = DiffusionRecipe()
+    else:
+        recipe = DiffusionRecipe(autoencoder=_FULL_AE, unet=UNetConfig(channels=128, channel_mult=(1, 2, 2)),
+                                 steps=20000, batch_size=256, lr=2e-4)
+    if conditional:
+        unet = dataclasses.replace(recipe.unet, d_context=recipe.unet.channels)
+        recipe = dataclasses.replace(recipe, unet=unet, conditional=True)
+    return recipe
+
+
+# ---------------------------------------------------------------------------------------------------- the cache
+
+@dataclass
+class Artifact:
+    """A trained model and how it came to be."""
+
+    model: nn.Module
+    recipe: object
+    history: dict = field(default_factory=dict)  # what training recorded: loss per step, seconds, ...
+    from_cache: bool = False  # True when loaded, False when trained in this call
+
+
+def cache_dir() -> Path:
+    """``LDM_CACHE``, else ``$XDG_CACHE_HOME/ldm_core``, else ``~/.cache/ldm_core``."""
+    if os.environ.get("LDM_CACHE"):
+        return Path(os.environ["LDM_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "ldm_core"
+
+
+def cache_path(kind: str, recipe) -> Path:
+    """Where the artifact of ``kind`` trained with ``recipe`` lives: the name hashes recipe and version."""
+    description = json.dumps({"kind": kind, "recipe": dataclasses.asdict(recipe), "version": __version__},
+                             sort_keys=True)
+    digest = hashlib.sha256(description.encode()).hexdigest()[:16]
+    return cache_dir() / f"{kind}-{digest}.pt"
+
+
+def save_atomic(payload: dict, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_or_train(kind: str, recipe, build: Callable[[], nn.Module],
+                  fit: Callable[[nn.Module], dict], device: torch.device | None = None) -> Artifact:
+    """Load the artifact (kind, recipe) from the cache, or build it, ``fit`` it and cache it.
+
+    Args:
+        kind: a name like ``"autoencoder"``.
+        recipe: a frozen dataclass; it and the package version key the cache.
+        build: returns a fresh, untrained model.
+        fit: trains the model in place (on ``device``) and returns its history (a dict of plain values).
+        device: where the model lives; default :func:`get_device`.
+
+    Returns:
+        The :class:`Artifact`, its model in eval mode on ``device``.
+    """
+    device = device or get_device()
+    path = cache_path(kind, recipe)
+    model = build().to(device)
+    if path.exists():
+        try:
+            payload = torch.load(path, map_location=device, weights_only=True)
+            model.load_state_dict(payload["state_dict"])
+            return Artifact(model.eval(), recipe, payload["history"], from_cache=True)
+        except Exception as error:  # a corrupt or foreign file: retrain rather than trust it
+            warnings.warn(f"ignoring unreadable cache file {path} ({error!r}); retraining")
+            model = build().to(device)
+    history = fit(model)
+    save_atomic({"state_dict": model.state_dict(), "history": history}, path)
+    return Artifact(model.eval(), recipe, history, from_cache=False)
+
+
+# ---------------------------------------------------------------------------------------------------- the models
+
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device).manual_seed(seed)
+
+
+@torch.no_grad()
+def latent_scale_factor(autoencoder: Autoencoder, x: torch.Tensor, generator: torch.Generator | None = None) -> float:
+    """1 / std of latents z ~ q(z | x) over images x (paper Sec. 4.3.2 and Appendix G: "rescale the latent ...
+    by the component-wise standard deviation" estimated from data), so that scale_factor * z has unit variance."""
+    z = torch.cat([autoencoder.encode(chunk).sample(generator) for chunk in x.split(500)])
+    return 1.0 / float(z.flatten().std())
+
+
+def autoencoder(budget: str | None = None) -> Artifact:
+    """The book's KL-regularised autoencoder (f = 4 at the book budget), trained on the training split.
+
+    Its ``scale_factor`` buffer is set from the training latents after training (:func:`latent_scale_factor`).
+    """
+    recipe = AUTOENCODER_RECIPES[budget or get_budget()]
+    device = get_device()
+
+    def fit(model: Autoencoder) -> dict:
+        x, _ = load_mnist("train")
+        x = x.to(device)
+        generator = _generator(recipe.seed, device)
+        batches = random_batches(x, batch_size=recipe.batch_size, generator=generator)
+        history = train(model, lambda: autoencoder_loss(model, next(batches)[0], recipe.kl_weight, generator),
+                        steps=recipe.steps, lr=recipe.lr, desc="autoencoder")
+        model.scale_factor.fill_(latent_scale_factor(model, x, generator))
+        return history
+
+    def build() -> Autoencoder:
+        torch.manual_seed(recipe.seed)
+        return Autoencoder(recipe.config)
+
+    return load_or_train("autoencoder", recipe, build, fit, device)
+
+
+def classifier(budget: str | None = None) -> Artifact:
+    """The domain classifier of the digits, trained on the training split with random shifts of up to 2 pixels."""
+    recipe = CLASSIFIER_RECIPES[budget or get_budget()]
+    device = get_device()
+
+    def build() -> DigitClassifier:
+        torch.manual_seed(recipe.seed)
+        return DigitClassifier(width=recipe.width)
+
+    def fit(model: DigitClassifier) -> dict:
+        x, y = load_mnist("train")
+        generator = _generator(recipe.seed, device)
+        batches = random_batches(x.to(device), y.to(device), batch_size=recipe.batch_size, generator=generator)
+
+        def loss_fn():
+            xb, yb = next(batches)
+            return nn.functional.cross_entropy(model(random_shift(xb, recipe.max_shift, generator)), yb)
+
+        return train(model, loss_fn, steps=recipe.steps, lr=recipe.lr, desc="classifier")
+
+    return load_or_train("classifier", recipe, build, fit, device)
+
+
+def latent_diffusion(budget: str | None = None, conditional: bool = False) -> tuple[LatentDiffusion, Artifact]:
+    """The latent diffusion model of the book: eps-prediction on scaled latents of :func:`autoencoder`.
+
+    Args:
+        budget: smoke | book | full; default :func:`get_budget`.
+        conditional: class-conditional (cross-attention to a label token, 10% condition dropout).
+
+    Returns:
+        (pipeline, artifact of the denoiser). Trains and caches the autoencoder too if it is missing.
+    """
+    budget = budget or get_budget()
+    recipe = diffusion_recipe(budget, conditional)
+    first_stage = autoencoder(budget).model
+    device = get_device()
+    alpha_bar = alpha_bar_from_betas(linear_beta_schedule(recipe.T, recipe.beta_start, recipe.beta_end)).to(device)
+
+    def build() -> Denoiser:
+        torch.manual_seed(recipe.seed)
+        conditioner = ClassEmbedder(10, recipe.unet.d_context) if conditional else None
+        return Denoiser(UNet(recipe.unet), conditioner)
+
+    def fit(model: Denoiser) -> dict:
+        x, y = load_mnist("train")
+        with torch.no_grad():
+            posterior = [first_stage.encode(chunk.to(device)) for chunk in x.split(500)]
+        mean = torch.cat([p.mean for p in posterior])  # (N, c, h, w)
+        std = torch.cat([p.std for p in posterior])
+        generator = _generator(recipe.seed, device)
+        batches = random_batches(mean, std, y.to(device), batch_size=recipe.batch_size, generator=generator)
+        scale = first_stage.scale_factor
+
+        def loss_fn():
+            mean_b, std_b, y_b = next(batches)
+            z0 = scale * (mean_b + std_b * torch.randn(mean_b.shape, generator=generator, device=device))
+            cond = model.conditioner.drop(y_b, recipe.p_uncond, generator) if conditional else None
+            return diffusion_loss(model, z0, alpha_bar, cond, generator)
+
+        return train(model, loss_fn, steps=recipe.steps, lr=recipe.lr, desc="latent diffusion")
+
+    artifact = load_or_train("conditional-ldm" if conditional else "ldm", recipe, build, fit, device)
+    return LatentDiffusion(first_stage, artifact.model, alpha_bar), artifact

@@ -1,0 +1,173 @@
+"""Samplers as small pure functions over an explicit, strictly decreasing timestep sequence.
+
+Notation (DDPM, Ho et al. 2020; DDIM, Song et al. 2021):
+
+=============  ============================  ====================================================
+code           paper                         meaning
+=============  ============================  ====================================================
+``z``          z_t                           the sample at the current step (B, c, h, w)
+``t``          t                             0-based timestep, int in [0, T-1]
+``t_prev``     t - 1 (DDPM), tau_{i-1}       the next (smaller) timestep; -1 means "clean data"
+``alpha_bar``  alpha_bar_t                   prod (1 - beta); alpha_bar at t_prev = -1 is 1
+``eps``        eps_theta(z_t, t)             the model's noise prediction
+``x0_hat``     f_theta(z_t) / predicted z_0  (z_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)
+``eta``        eta                           DDIM's stochasticity; 0 deterministic, 1 DDPM-like
+=============  ============================  ====================================================
+
+A ``model`` is any callable ``model(z_t, t, cond) -> eps`` with z_t (B, ...), t (B,) int64; ``cond`` is passed
+through untouched (None when unconditional). Randomness comes only from ``generator``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .schedules import predict_x0_from_eps, randn_like
+
+Model = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
+Callback = Callable[[dict], None]
+SPACINGS = ("linspace", "leading", "trailing")
+
+
+def make_timesteps(T: int, n: int, spacing: str = "linspace") -> torch.Tensor:
+    """n timesteps out of [0, T-1], strictly decreasing, for a sampler of n steps.
+
+    Args:
+        T: steps of the training schedule.
+        n: sampler steps, 1 <= n <= T.
+        spacing: ``"linspace"`` (round(linspace(0, T-1, n))), ``"leading"`` (0, k, 2k, ... with k = T // n;
+            DDIM's choice) or ``"trailing"`` (T-1, T-1-k', ... with k' = T / n, rounded; Lin et al. 2024).
+
+    Returns:
+        int64 tensor (n,), strictly decreasing, in [0, T-1].
+
+    Raises:
+        ValueError: if n is not in [1, T] or the spacing is unknown.
+    """
+    if not 1 <= n <= T:
+        raise ValueError(f"n must be in [1, T={T}], got {n}")
+    if spacing == "linspace":
+        steps = torch.linspace(0, T - 1, n, dtype=torch.float64).round().long()
+    elif spacing == "leading":
+        steps = torch.arange(n, dtype=torch.int64) * (T // n)
+    elif spacing == "trailing":
+        steps = (T - 1 - torch.arange(n, dtype=torch.float64) * (T / n)).round().long().flip(0)
+    else:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    return steps.flip(0)
+
+
+def _alpha_bar_pair(alpha_bar: torch.Tensor, t: int, t_prev: int) -> tuple[float, float]:
+    """(alpha_bar_t, alpha_bar_{t_prev}) as Python floats (float64), with alpha_bar_{-1} = 1."""
+    return float(alpha_bar[t]), (float(alpha_bar[t_prev]) if t_prev >= 0 else 1.0)
+
+
+def _pairs(timesteps: torch.Tensor) -> list[tuple[int, int]]:
+    """Consecutive pairs (t, t_prev) of the sequence, the last paired with -1 (clean data)."""
+    ts = [int(t) for t in timesteps]
+    if any(a <= b for a, b in zip(ts, ts[1:])) or not ts or ts[-1] < 0:
+        raise ValueError(f"timesteps must be non-empty, non-negative and strictly decreasing, got {ts}")
+    return list(zip(ts, ts[1:] + [-1]))
+
+
+@torch.no_grad()
+def ddpm_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, timesteps: torch.Tensor, cond=None,
+                generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
+    """Ancestral sampling from the DDPM posterior q(z_{t_prev} | z_t, x0_hat) (DDPM Eq. 6-7, Algorithm 2).
+
+    For each pair (t, t_prev), with a = alpha_bar_t, a' = alpha_bar_{t_prev} and beta = 1 - a / a':
+        mean = sqrt(a') beta / (1 - a) x0_hat + sqrt(1 - beta) (1 - a') / (1 - a) z_t
+        var  = (1 - a') / (1 - a) beta          (beta_tilde, DDPM Eq. 7)
+        z_{t_prev} = mean + sqrt(var) noise      (no noise on the last step, where a' = 1 and var = 0)
+    Over all T steps this is DDPM's Algorithm 2; over a subsequence it is the same posterior on a coarser chain.
+
+    Args:
+        model: eps-prediction model, ``model(z_t, t, cond)``.
+        noise: z_T ~ N(0, I), (B, ...); its device and dtype are used throughout.
+        alpha_bar: (T,) cumulative products of the training schedule.
+        timesteps: strictly decreasing int64 (n,), usually ``make_timesteps(T, T)`` (all T steps).
+        cond: passed to the model unchanged.
+        generator: randomness of the ancestral noise.
+        callback: called after each step with dict(step, t, z_t, x0_hat).
+
+    Returns:
+        z_0 samples, shape of ``noise``.
+    """
+    z = noise
+    for step, (t, t_prev) in enumerate(_pairs(timesteps)):
+        a, a_prev = _alpha_bar_pair(alpha_bar, t, t_prev)
+        t_batch = torch.full((z.shape[0],), t, dtype=torch.int64, device=z.device)
+        eps = model(z, t_batch, cond)
+        x0_hat = predict_x0_from_eps(z, t_batch, eps, alpha_bar)
+        beta = 1 - a / a_prev
+        mean = (a_prev**0.5 * beta / (1 - a)) * x0_hat + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a)) * z
+        var = (1 - a_prev) / (1 - a) * beta
+        z = mean
+        if t_prev >= 0:
+            z = z + var**0.5 * randn_like(z, generator)
+        if callback is not None:
+            callback(dict(step=step, t=t, z_t=z, x0_hat=x0_hat))
+    return z
+
+
+@torch.no_grad()
+def ddim_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, timesteps: torch.Tensor, cond=None,
+                eta: float = 0.0, generator: torch.Generator | None = None,
+                callback: Callback | None = None) -> torch.Tensor:
+    """DDIM sampling (Song et al. 2021, Eq. 12 with sigma from Eq. 16).
+
+    For each pair (t, t_prev), with a = alpha_bar_t and a' = alpha_bar_{t_prev}:
+        sigma = eta * sqrt((1 - a') / (1 - a)) * sqrt(1 - a / a')
+        z_{t_prev} = sqrt(a') x0_hat + sqrt(1 - a' - sigma^2) eps + sigma noise
+    eta = 0 is deterministic; eta = 1 has the DDPM posterior variance.
+
+    Args:
+        model, noise, alpha_bar, cond, generator, callback: as in :func:`ddpm_sample`.
+        timesteps: strictly decreasing int64 (n,), e.g. ``make_timesteps(T, 50)``.
+        eta: >= 0.
+
+    Returns:
+        z_0 samples, shape of ``noise``.
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    z = noise
+    for step, (t, t_prev) in enumerate(_pairs(timesteps)):
+        a, a_prev = _alpha_bar_pair(alpha_bar, t, t_prev)
+        t_batch = torch.full((z.shape[0],), t, dtype=torch.int64, device=z.device)
+        eps = model(z, t_batch, cond)
+        x0_hat = predict_x0_from_eps(z, t_batch, eps, alpha_bar)
+        sigma = eta * ((1 - a_prev) / (1 - a)) ** 0.5 * (1 - a / a_prev) ** 0.5
+        z = a_prev**0.5 * x0_hat + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
+        if sigma > 0:
+            z = z + sigma * randn_like(z, generator)
+        if callback is not None:
+            callback(dict(step=step, t=t, z_t=z, x0_hat=x0_hat))
+    return z
+
+
+def classifier_free_guidance(model: Model, guidance_scale: float, null_cond: Callable[[int], object]) -> Model:
+    """Wrap a conditional model: eps = eps_u + guidance_scale * (eps_c - eps_u) (Ho & Salimans 2022, Eq. 6).
+
+    Both predictions come from one batched call on [z_t; z_t] with conditions [cond; null]. Scale 1 returns
+    the conditional prediction, scale 0 the unconditional one.
+
+    Args:
+        model: ``model(z_t, t, cond)`` where ``cond`` is a tensor with the batch on dim 0 (labels or tokens).
+        guidance_scale: s >= 0.
+        null_cond: ``null_cond(B)`` returns the null condition for a batch of B, the same one used in training.
+
+    Returns:
+        A model with the same signature.
+    """
+    if guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+
+    def guided(z_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        B = z_t.shape[0]
+        eps_c, eps_u = model(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([cond, null_cond(B)])).chunk(2)
+        return eps_u + guidance_scale * (eps_c - eps_u)
+
+    return guided

@@ -1,0 +1,81 @@
+"""Noise schedules and the forward process q(z_t | z_0).
+
+DDPM (Ho et al. 2020) Eq. 4: q(z_t | z_0) = N(sqrt(alpha_bar_t) z_0, (1 - alpha_bar_t) I), with
+alpha_bar_t = prod_{s<=t} (1 - beta_s). The same process runs on pixels x or on latents z; the book writes z.
+
+Timesteps ``t`` are 0-based int64 in [0, T-1]: ``alpha_bar[0]`` is the first noising step, not "no noise".
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def linear_beta_schedule(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """The DDPM linear schedule: beta_t evenly spaced from ``beta_start`` to ``beta_end`` (Ho et al. 2020, Sec. 4).
+
+    Args:
+        T: number of diffusion steps, >= 1.
+        beta_start, beta_end: first and last beta, 0 < beta_start <= beta_end < 1.
+
+    Returns:
+        betas, float64 tensor of shape (T,).
+
+    Raises:
+        ValueError: if T < 1 or the betas are not 0 < beta_start <= beta_end < 1.
+    """
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    if not 0 < beta_start <= beta_end < 1:
+        raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+
+
+def alpha_bar_from_betas(betas: torch.Tensor) -> torch.Tensor:
+    """alpha_bar_t = prod_{s=0}^{t} (1 - beta_s), shape (T,), float64, decreasing from ~1 towards 0."""
+    return torch.cumprod(1.0 - betas.to(torch.float64), dim=0)
+
+
+def randn_like(z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal noise shaped like z, drawn on the generator's device (so a CPU generator gives the
+    same numbers whatever device z is on), then moved to z's device."""
+    device = generator.device if generator is not None else z.device
+    return torch.randn(z.shape, generator=generator, device=device, dtype=z.dtype).to(z.device)
+
+
+def _gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """values[t] shaped (B, 1, 1, ...) to broadcast against ``like``, in ``like``'s dtype and device."""
+    out = values.to(like.device)[t].to(like.dtype)
+    return out.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def q_sample(z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """Sample the forward process: z_t = sqrt(alpha_bar_t) z_0 + sqrt(1 - alpha_bar_t) eps (DDPM Eq. 4).
+
+    Args:
+        z0: clean data (B, ...), pixels or (scaled) latents.
+        t: int64 timesteps (B,) in [0, T-1].
+        eps: standard normal noise, same shape as ``z0``.
+        alpha_bar: (T,) from :func:`alpha_bar_from_betas`.
+
+    Returns:
+        z_t, same shape and dtype as ``z0``.
+
+    Raises:
+        ValueError: if shapes disagree or t is out of range.
+    """
+    if eps.shape != z0.shape:
+        raise ValueError(f"eps must have the shape of z0 {tuple(z0.shape)}, got {tuple(eps.shape)}")
+    if t.shape != (z0.shape[0],):
+        raise ValueError(f"t must be ({z0.shape[0]},), got {tuple(t.shape)}")
+    T = alpha_bar.shape[0]
+    if t.min() < 0 or t.max() >= T:
+        raise ValueError(f"t must lie in [0, {T - 1}], got values in [{int(t.min())}, {int(t.max())}]")
+    a = _gather(alpha_bar, t, z0)
+    return a.sqrt() * z0 + (1 - a).sqrt() * eps
+
+
+def predict_x0_from_eps(z_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """Invert :func:`q_sample` for z_0: z0_hat = (z_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t). Shape of z_t."""
+    a = _gather(alpha_bar, t, z_t)
+    return (z_t - (1 - a).sqrt() * eps) / a.sqrt()

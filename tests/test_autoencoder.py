@@ -1,0 +1,49 @@
+import pytest
+import torch
+from torch.distributions import Independent, Normal, kl_divergence
+
+from ldm_core.autoencoder import Autoencoder, AutoencoderConfig, DiagonalGaussian
+
+
+@pytest.mark.parametrize("levels,f", [((1,), 1), ((1, 2), 2), ((1, 2, 2), 4), ((1, 2, 2, 2), 8)])
+def test_encoder_and_decoder_shapes_for_every_f(levels, f):
+    config = AutoencoderConfig(channels=8, channel_mult=levels, latent_channels=3, groups=4)
+    assert config.f == f
+    model = Autoencoder(config)
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    posterior = model.encode(x)
+    assert posterior.mode().shape == (2, 3, 32 // f, 32 // f)
+    assert posterior.sample().shape == (2, 3, 32 // f, 32 // f)
+    assert model.decode(posterior.mode()).shape == x.shape
+
+
+def test_kl_equals_torch_distributions():
+    moments = torch.randn(3, 4, 2, 2)
+    posterior = DiagonalGaussian(moments)
+    q = Independent(Normal(posterior.mean, posterior.std), 3)
+    p = Independent(Normal(torch.zeros_like(posterior.mean), torch.ones_like(posterior.std)), 3)
+    torch.testing.assert_close(posterior.kl(), kl_divergence(q, p))
+
+
+def test_kl_of_standard_normal_is_zero_and_sample_has_the_posterior_moments():
+    posterior = DiagonalGaussian(torch.zeros(1, 2, 4, 4))
+    assert torch.equal(posterior.kl(), torch.zeros(1))
+    posterior = DiagonalGaussian(torch.cat([torch.full((4000, 1, 1, 1), 3.0), torch.full((4000, 1, 1, 1), 2 * torch.tensor(0.5).log())], 1))
+    z = posterior.sample(torch.Generator().manual_seed(0))
+    assert abs(z.mean() - 3.0) < 0.05 and abs(z.std() - 0.5) < 0.02
+    assert torch.equal(posterior.mode(), posterior.mean)
+
+
+def test_logvar_is_clamped():
+    posterior = DiagonalGaussian(torch.cat([torch.zeros(1, 1, 1, 1), torch.full((1, 1, 1, 1), 1000.0)], 1))
+    assert torch.isfinite(posterior.std).all() and posterior.logvar.item() == 20.0
+
+
+def test_bad_input_and_config_are_named():
+    model = Autoencoder(AutoencoderConfig.tiny())
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\) with H and W divisible by f=4"):
+        model.encode(torch.zeros(1, 1, 30, 30))
+    with pytest.raises(ValueError, match=r"z must be \(B, 2, h, w\)"):
+        model.decode(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="groups=3 must divide"):
+        AutoencoderConfig(channels=8, groups=3)
