@@ -37,7 +37,7 @@ from .unet import Denoiser, UNet, UNetConfig
 @dataclass(frozen=True)
 class AutoencoderRecipe:
     config: AutoencoderConfig = AutoencoderConfig()
-    steps: int = 1200  # optimiser steps
+    steps: int = 800  # optimiser steps
     batch_size: int = 32
     lr: float = 1e-3
     kl_weight: float = 1e-6  # the paper's "slight" KL weight, with the per-image-sum reduction
@@ -69,11 +69,11 @@ class ClassifierRecipe:
     seed: int = 0
 
 
-_SMOKE_AE = AutoencoderRecipe(config=AutoencoderConfig.tiny(), steps=20, batch_size=32)
+_SMOKE_AE = AutoencoderRecipe(config=AutoencoderConfig.tiny(), steps=150, batch_size=32)
 _FULL_AE = AutoencoderRecipe(config=AutoencoderConfig(channels=64, channel_mult=(1, 2, 2)), steps=8000, batch_size=128)
 AUTOENCODER_RECIPES = {"smoke": _SMOKE_AE, "book": AutoencoderRecipe(), "full": _FULL_AE}
 CLASSIFIER_RECIPES = {
-    "smoke": ClassifierRecipe(width=8, steps=20, batch_size=32),
+    "smoke": ClassifierRecipe(width=8, steps=150, batch_size=32),
     "book": ClassifierRecipe(),
     "full": ClassifierRecipe(steps=4000, batch_size=128),
 }
@@ -82,9 +82,9 @@ CLASSIFIER_RECIPES = {
 def diffusion_recipe(budget: str, conditional: bool) -> DiffusionRecipe:
     """The latent diffusion recipe for a budget; the conditional one adds a label token of width d_context."""
     if budget == "smoke":
-        recipe = DiffusionRecipe(autoencoder=_SMOKE_AE, unet=UNetConfig.tiny(in_channels=2), steps=20, batch_size=32)
+        recipe = DiffusionRecipe(autoencoder=_SMOKE_AE, unet=UNetConfig.tiny(in_channels=2), steps=150, batch_size=32)
     elif budget == "book":
-        recipe = DiffusionRecipe()
+        recipe = DiffusionRecipe(steps=2000 if conditional else 1500)
     else:
         recipe = DiffusionRecipe(autoencoder=_FULL_AE, unet=UNetConfig(channels=128, channel_mult=(1, 2, 2)),
                                  steps=20000, batch_size=256, lr=2e-4)
