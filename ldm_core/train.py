@@ -7,7 +7,7 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .autoencoder import Autoencoder
 from .schedules import q_sample, randn_like

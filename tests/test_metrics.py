@@ -1,9 +1,10 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from ldm_core.metrics import DigitClassifier, accuracy, psnr, random_shift
+from ldm_core.metrics import DigitClassifier, accuracy, fid, frechet_distance, kid, psnr, random_shift, ssim
 
 
 def test_psnr_of_known_mse():
@@ -33,3 +34,52 @@ def test_random_shift_moves_content_and_keeps_background():
     shifted = random_shift(x.repeat(50, 1, 1, 1), 2, torch.Generator().manual_seed(0))
     assert shifted.shape == (50, 1, 8, 8) and (shifted == 1).flatten(1).sum(1).eq(1).all()
     assert len({int(s.argmax()) for s in shifted}) > 5
+
+
+def test_ssim_is_one_for_identical_images_and_drops_with_noise():
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ssim(x, x), torch.ones(3))
+    noisy = (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    assert (ssim(x, noisy) < 0.9).all()
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+    a = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
+    assert abs(fid(a, a)) < 1e-6
+
+
+def test_frechet_distance_between_known_gaussians_matches_the_closed_form():
+    # For commuting (here diagonal) covariances, tr((S1 S2)^(1/2)) = sum sqrt(s1_i s2_i), so
+    # FD = ||mu1 - mu2||^2 + sum (sqrt(s1_i) - sqrt(s2_i))^2.
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    s1, s2 = np.array([1.0, 4.0, 0.25]), np.array([4.0, 1.0, 1.0])
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(s1) - np.sqrt(s2)) ** 2)  # 5 + 1 + 1 + 0.25
+    assert frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(expected, rel=1e-9)
+    # and a non-diagonal case against an independent eigen-decomposition: sqrt of a PSD product via S1^(1/2)
+    rng = np.random.default_rng(0)
+    A, B = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
+    S1, S2 = A @ A.T + np.eye(4), B @ B.T + np.eye(4)
+    w, V = np.linalg.eigh(S1)
+    root1 = V @ np.diag(np.sqrt(w)) @ V.T
+    w2 = np.linalg.eigvalsh(root1 @ S2 @ root1)  # tr((S1 S2)^(1/2)) = tr((S1^(1/2) S2 S1^(1/2))^(1/2))
+    expected = np.trace(S1) + np.trace(S2) - 2 * np.sum(np.sqrt(w2))
+    assert frechet_distance(np.zeros(4), S1, np.zeros(4), S2) == pytest.approx(expected, rel=1e-8)
+
+
+def test_fid_estimates_the_gaussian_distance_from_samples():
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(20000, 2, generator=generator, dtype=torch.float64)
+    b = torch.randn(20000, 2, generator=generator, dtype=torch.float64) * 2 + torch.tensor([3.0, 0.0], dtype=torch.float64)
+    # ||(3, 0)||^2 + 2 (1 - 2)^2 = 9 + 2
+    assert fid(a, b) == pytest.approx(11.0, rel=0.03)
+
+
+def test_kid_is_unbiased_and_detects_a_shift():
+    generator = torch.Generator().manual_seed(0)
+    draws = [kid(torch.randn(200, 8, generator=generator), torch.randn(200, 8, generator=generator),
+                 subsets=1, subset_size=200, seed=i) for i in range(100)]
+    spread = np.std(draws) / np.sqrt(len(draws))
+    assert abs(np.mean(draws)) < 3 * spread, "the mean over draws from one distribution is ~0"
+    assert min(draws) < 0 < max(draws), "an unbiased estimator of 0 takes both signs"
+    shifted = kid(torch.randn(400, 8, generator=generator), torch.randn(400, 8, generator=generator) + 1)
+    assert shifted > 20 * spread
