@@ -1,8 +1,10 @@
-"""The first stage: a convolutional autoencoder with a spatial latent, KL-regularised.
+"""The first stage: a convolutional autoencoder with a spatial latent, KL- or VQ-regularised.
 
 Paper Sec. 3.1 ("Perceptual Image Compression"): an encoder E maps an image x of shape (B, C, H, W) to a
 latent z = E(x) of shape (B, c, H/f, W/f) with downsampling factor f = 2^m, and a decoder D maps it back,
-x_hat = D(z). A slight KL penalty towards N(0, I) keeps the latent's scale in check ("KL-reg.").
+x_hat = D(z). Either a slight KL penalty towards N(0, I) keeps the latent's scale in check ("KL-reg."), or a
+vector quantisation layer snaps every latent vector to the nearest of a learned codebook ("VQ-reg.", van den
+Oord et al. 2017), absorbed into the decoder.
 
 Symbols (see the notation page): ``x`` pixels in [-1, 1]; ``z`` latent; ``f`` downsampling factor;
 ``c`` = ``latent_channels``.
@@ -23,6 +25,9 @@ class AutoencoderConfig:
     channel_mult: tuple[int, ...] = (1, 2, 4)  # one entry per level; f = 2 ** (len(channel_mult) - 1)
     latent_channels: int = 4  # c, channels of z
     groups: int = 8  # GroupNorm groups; must divide every level's width
+    regularizer: str = "kl"  # "kl": diagonal Gaussian posterior; "vq": vector quantisation
+    num_codes: int = 256  # VQ codebook size K (ignored for "kl")
+    commitment: float = 0.25  # VQ commitment weight beta (van den Oord et al. 2017, Eq. 3)
 
     @property
     def f(self) -> int:
@@ -38,6 +43,8 @@ class AutoencoderConfig:
         widths = [self.channels * m for m in self.channel_mult]
         if not self.channel_mult:
             raise ValueError("channel_mult must have at least one level")
+        if self.regularizer not in ("kl", "vq"):
+            raise ValueError(f"regularizer must be 'kl' or 'vq', got {self.regularizer!r}")
         bad = [w for w in widths if w % self.groups]
         if bad:
             raise ValueError(f"groups={self.groups} must divide every level width {widths}; it does not divide {bad}")
@@ -84,9 +91,74 @@ class DiagonalGaussian:
         """KL(q(z | x) || N(0, I)) summed over latent elements: 0.5 * sum(mean^2 + var - 1 - logvar). (B,)."""
         return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).sum(dim=(1, 2, 3))
 
+    def regularization(self) -> torch.Tensor:
+        """The regulariser of the training loss: the KL, (B,)."""
+        return self.kl()
+
+
+class Quantized:
+    """The output of :class:`VectorQuantizer`, with the posterior's interface: ``sample()`` and ``mode()`` both
+    return the quantised latent z_q (B, c, h, w), which carries straight-through gradients to the encoder."""
+
+    def __init__(self, z_q: torch.Tensor, loss: torch.Tensor, indices: torch.Tensor):
+        self.z_q, self.loss, self.indices = z_q, loss, indices  # (B, c, h, w), (B,), (B, h, w) int64
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.z_q
+
+    def mode(self) -> torch.Tensor:
+        return self.z_q
+
+    def regularization(self) -> torch.Tensor:
+        """The codebook and commitment losses, (B,)."""
+        return self.loss
+
+
+class VectorQuantizer(nn.Module):
+    """Snap every latent vector to its nearest codebook entry (van den Oord et al. 2017, Sec. 3.1).
+
+    z_q = e_k with k = argmin_j ||z - e_j||. The loss per image is
+    ||sg[z] - z_q||^2 (moves the codes) + beta ||z - sg[z_q]||^2 (commits the encoder), summed over elements;
+    the gradient of the decoder's input is copied to the encoder's output (straight-through estimator,
+    z + sg[z_q - z]).
+
+    Args:
+        num_codes: codebook size K.
+        dim: c, the latent channels.
+        commitment: beta.
+    """
+
+    def __init__(self, num_codes: int, dim: int, commitment: float = 0.25):
+        super().__init__()
+        self.codebook = nn.Embedding(num_codes, dim)
+        nn.init.uniform_(self.codebook.weight, -1 / num_codes, 1 / num_codes)
+        self.commitment = commitment
+
+    def forward(self, z: torch.Tensor) -> Quantized:
+        """z (B, c, h, w) -> :class:`Quantized`."""
+        B, c, height, width = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, c)  # (B*h*w, c)
+        codes = self.codebook.weight  # (K, c)
+        # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2
+        distances = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codes.T + codes.pow(2).sum(1)  # (B*h*w, K)
+        indices = distances.argmin(1)
+        z_q = codes[indices].view(B, height, width, c).permute(0, 3, 1, 2)  # (B, c, h, w)
+        loss = ((z.detach() - z_q).pow(2) + self.commitment * (z - z_q.detach()).pow(2)).flatten(1).sum(1)
+        z_q = z + (z_q - z).detach()  # straight-through: forward z_q, backward identity
+        return Quantized(z_q, loss, indices.view(B, height, width))
+
+
+def codebook_usage(indices: torch.Tensor, num_codes: int) -> tuple[float, int]:
+    """(perplexity, dead codes) of code indices of any shape: perplexity = exp(entropy of the code frequencies),
+    between 1 (one code used) and num_codes (all used equally); dead codes are those never used."""
+    counts = torch.bincount(indices.flatten(), minlength=num_codes).double()
+    p = counts / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return float(entropy.exp()), int((counts == 0).sum())
+
 
 class Autoencoder(nn.Module):
-    """KL-regularised autoencoder: ``encode`` x (B, C, H, W) -> q(z | x) over (B, c, H/f, W/f); ``decode`` back.
+    """KL- or VQ-regularised autoencoder: ``encode`` x (B, C, H, W) -> q(z | x) over (B, c, H/f, W/f); ``decode`` back.
 
     ``scale_factor`` (a buffer, 1.0 until set) is 1 / std of the training latents, computed from data by
     :func:`ldm_core.pretrained.latent_scale_factor`; diffusion runs on ``scale_factor * z`` (paper Sec. 3.1/G).
@@ -105,7 +177,8 @@ class Autoencoder(nn.Module):
             down.append(ResBlock(widths[max(i - 1, 0)], width, g))
             if i < len(widths) - 1:
                 down.append(nn.Conv2d(width, width, 3, stride=2, padding=1))  # halve height and width
-        down += [nn.GroupNorm(g, widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], 2 * config.latent_channels, 3, padding=1)]
+        moments = 2 * config.latent_channels if config.regularizer == "kl" else config.latent_channels
+        down += [nn.GroupNorm(g, widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], moments, 3, padding=1)]
         self.encoder = nn.Sequential(*down)
 
         up: list[nn.Module] = [nn.Conv2d(config.latent_channels, widths[-1], 3, padding=1)]
@@ -115,14 +188,23 @@ class Autoencoder(nn.Module):
                 up += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(widths[i], widths[i], 3, padding=1)]
         up += [nn.GroupNorm(g, widths[0]), nn.SiLU(), nn.Conv2d(widths[0], config.in_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*up)
+        self.quantizer = (VectorQuantizer(config.num_codes, config.latent_channels, config.commitment)
+                          if config.regularizer == "vq" else None)
         self.register_buffer("scale_factor", torch.tensor(1.0))
 
-    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        """q(z | x) for images x (B, C, H, W) in [-1, 1]; its mean and samples are (B, c, H/f, W/f)."""
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian | Quantized:
+        """q(z | x) for images x (B, C, H, W) in [-1, 1]: a :class:`DiagonalGaussian` (KL) or a
+        :class:`Quantized` latent (VQ); ``mode()`` and ``sample()`` are (B, c, H/f, W/f) either way."""
         f, C = self.config.f, self.config.in_channels
         if x.dim() != 4 or x.shape[1] != C or x.shape[2] % f or x.shape[3] % f:
             raise ValueError(f"x must be (B, {C}, H, W) with H and W divisible by f={f}, got {tuple(x.shape)}")
-        return DiagonalGaussian(self.encoder(x))
+        h = self.encoder(x)
+        return DiagonalGaussian(h) if self.quantizer is None else self.quantizer(h)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's last weight, where the adaptive weight of the adversarial loss is measured."""
+        return self.decoder[-1].weight
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """x_hat = D(z) for latents z (B, c, h, w) (unscaled); returns (B, C, h*f, w*f), roughly in [-1, 1]."""

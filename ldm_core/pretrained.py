@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +29,19 @@ from .data import load_mnist
 from .metrics import DigitClassifier, random_shift
 from .pipeline import LatentDiffusion
 from .schedules import alpha_bar_from_betas, linear_beta_schedule
-from .train import autoencoder_loss, diffusion_loss, random_batches, train
+from .losses import PatchDiscriminator, PerceptualLoss, autoencoder_loss, digit_feature_layers
+from .train import Batches, diffusion_loss, save_atomic, train
 from .unet import Denoiser, UNet, UNetConfig
+
+
+@dataclass(frozen=True)
+class ClassifierRecipe:
+    width: int = 32
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    max_shift: int = 2  # augmentation: random translation by up to this many pixels
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -40,7 +50,11 @@ class AutoencoderRecipe:
     steps: int = 800  # optimiser steps
     batch_size: int = 32
     lr: float = 1e-3
-    kl_weight: float = 1e-6  # the paper's "slight" KL weight, with the per-image-sum reduction
+    kl_weight: float = 1e-6  # the paper's "slight" KL weight, with the per-image-sum reduction (VQ: weight 1)
+    perceptual: ClassifierRecipe | None = None  # the network whose features define the perceptual loss; None: off
+    perceptual_weight: float = 1.0
+    adversarial_weight: float = 0.0  # weight of the patch discriminator's term, times the adaptive weight; 0: off
+    discriminator_start: int = 0  # the step at which the discriminator and its term switch on
     seed: int = 0
 
 
@@ -56,16 +70,7 @@ class DiffusionRecipe:
     steps: int = 2000
     batch_size: int = 64
     lr: float = 5e-4
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class ClassifierRecipe:
-    width: int = 32
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 1e-3
-    max_shift: int = 2  # augmentation: random translation by up to this many pixels
+    ema_decay: float = 0.995  # the sampled model is this exponential moving average of the weights
     seed: int = 0
 
 
@@ -82,12 +87,13 @@ CLASSIFIER_RECIPES = {
 def diffusion_recipe(budget: str, conditional: bool) -> DiffusionRecipe:
     """The latent diffusion recipe for a budget; the conditional one adds a label token of width d_context."""
     if budget == "smoke":
-        recipe = DiffusionRecipe(autoencoder=_SMOKE_AE, unet=UNetConfig.tiny(in_channels=2), steps=150, batch_size=32)
+        recipe = DiffusionRecipe(autoencoder=_SMOKE_AE, unet=UNetConfig.tiny(in_channels=2), steps=150, batch_size=32,
+                                 ema_decay=0.9)
     elif budget == "book":
         recipe = DiffusionRecipe(steps=2000 if conditional else 1500)
     else:
         recipe = DiffusionRecipe(autoencoder=_FULL_AE, unet=UNetConfig(channels=128, channel_mult=(1, 2, 2)),
-                                 steps=20000, batch_size=256, lr=2e-4)
+                                 steps=20000, batch_size=256, lr=2e-4, ema_decay=0.999)
     if conditional:
         unet = dataclasses.replace(recipe.unet, d_context=recipe.unet.channels)
         recipe = dataclasses.replace(recipe, unet=unet, conditional=True)
@@ -121,28 +127,16 @@ def cache_path(kind: str, recipe) -> Path:
     return cache_dir() / f"{kind}-{digest}.pt"
 
 
-def save_atomic(payload: dict, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def load_or_train(kind: str, recipe, build: Callable[[], nn.Module],
-                  fit: Callable[[nn.Module], dict], device: torch.device | None = None) -> Artifact:
+                  fit: Callable[[nn.Module, Path], dict], device: torch.device | None = None) -> Artifact:
     """Load the artifact (kind, recipe) from the cache, or build it, ``fit`` it and cache it.
 
     Args:
         kind: a name like ``"autoencoder"``.
         recipe: a frozen dataclass; it and the package version key the cache.
         build: returns a fresh, untrained model.
-        fit: trains the model in place (on ``device``) and returns its history (a dict of plain values).
+        fit: ``fit(model, checkpoint)`` trains the model in place (on ``device``), checkpointing to the given
+            path so that an interrupted run resumes, and returns its history (a dict of plain values).
         device: where the model lives; default :func:`get_device`.
 
     Returns:
@@ -159,7 +153,7 @@ def load_or_train(kind: str, recipe, build: Callable[[], nn.Module],
         except Exception as error:  # a corrupt or foreign file: retrain rather than trust it
             warnings.warn(f"ignoring unreadable cache file {path} ({error!r}); retraining")
             model = build().to(device)
-    history = fit(model)
+    history = fit(model, path.with_suffix(".partial.pt"))
     save_atomic({"state_dict": model.state_dict(), "history": history}, path)
     return Artifact(model.eval(), recipe, history, from_cache=False)
 
@@ -178,21 +172,33 @@ def latent_scale_factor(autoencoder: Autoencoder, x: torch.Tensor, generator: to
     return 1.0 / float(z.flatten().std())
 
 
-def autoencoder(budget: str | None = None) -> Artifact:
-    """The book's KL-regularised autoencoder (f = 4 at the book budget), trained on the training split.
+def autoencoder(budget: str | None = None, recipe: AutoencoderRecipe | None = None) -> Artifact:
+    """An autoencoder trained on the training split: the book's (KL, f = 4 at the book budget) by default, or
+    the one ``recipe`` describes.
 
     Its ``scale_factor`` buffer is set from the training latents after training (:func:`latent_scale_factor`).
     """
-    recipe = AUTOENCODER_RECIPES[budget or get_budget()]
+    recipe = recipe or AUTOENCODER_RECIPES[budget or get_budget()]
     device = get_device()
 
-    def fit(model: Autoencoder) -> dict:
+    def fit(model: Autoencoder, checkpoint: Path) -> dict:
         x, _ = load_mnist("train")
         x = x.to(device)
         generator = _generator(recipe.seed, device)
-        batches = random_batches(x, batch_size=recipe.batch_size, generator=generator)
-        history = train(model, lambda: autoencoder_loss(model, next(batches)[0], recipe.kl_weight, generator),
-                        steps=recipe.steps, lr=recipe.lr, desc="autoencoder")
+        batches = Batches(x, batch_size=recipe.batch_size, seed=recipe.seed)
+        weight = recipe.kl_weight if recipe.config.regularizer == "kl" else 1.0
+        perceptual = (PerceptualLoss(digit_feature_layers(classifier(recipe=recipe.perceptual).model)).to(device)
+                      if recipe.perceptual is not None else None)
+        discriminator = (PatchDiscriminator(recipe.config.in_channels).to(device)
+                         if recipe.adversarial_weight > 0 else None)
+
+        def loss_fn(step: int):
+            active = discriminator if step >= recipe.discriminator_start else None
+            return autoencoder_loss(model, batches(step)[0], weight, generator, perceptual, recipe.perceptual_weight,
+                                    active, recipe.adversarial_weight)
+
+        history = train(model, loss_fn, steps=recipe.steps, lr=recipe.lr, desc="autoencoder", generator=generator,
+                        discriminator=discriminator, checkpoint=checkpoint)
         model.scale_factor.fill_(latent_scale_factor(model, x, generator))
         return history
 
@@ -203,25 +209,27 @@ def autoencoder(budget: str | None = None) -> Artifact:
     return load_or_train("autoencoder", recipe, build, fit, device)
 
 
-def classifier(budget: str | None = None) -> Artifact:
-    """The domain classifier of the digits, trained on the training split with random shifts of up to 2 pixels."""
-    recipe = CLASSIFIER_RECIPES[budget or get_budget()]
+def classifier(budget: str | None = None, recipe: ClassifierRecipe | None = None) -> Artifact:
+    """The domain classifier of the digits, trained on the training split with random shifts of up to 2 pixels
+    (the budget's recipe unless ``recipe`` is given)."""
+    recipe = recipe or CLASSIFIER_RECIPES[budget or get_budget()]
     device = get_device()
 
     def build() -> DigitClassifier:
         torch.manual_seed(recipe.seed)
         return DigitClassifier(width=recipe.width)
 
-    def fit(model: DigitClassifier) -> dict:
+    def fit(model: DigitClassifier, checkpoint: Path) -> dict:
         x, y = load_mnist("train")
         generator = _generator(recipe.seed, device)
-        batches = random_batches(x.to(device), y.to(device), batch_size=recipe.batch_size, generator=generator)
+        batches = Batches(x.to(device), y.to(device), batch_size=recipe.batch_size, seed=recipe.seed)
 
-        def loss_fn():
-            xb, yb = next(batches)
+        def loss_fn(step: int) -> torch.Tensor:
+            xb, yb = batches(step)
             return nn.functional.cross_entropy(model(random_shift(xb, recipe.max_shift, generator)), yb)
 
-        return train(model, loss_fn, steps=recipe.steps, lr=recipe.lr, desc="classifier")
+        return train(model, loss_fn, steps=recipe.steps, lr=recipe.lr, desc="classifier", generator=generator,
+                     checkpoint=checkpoint)
 
     return load_or_train("classifier", recipe, build, fit, device)
 
@@ -247,23 +255,24 @@ def latent_diffusion(budget: str | None = None, conditional: bool = False) -> tu
         conditioner = ClassEmbedder(10, recipe.unet.d_context) if conditional else None
         return Denoiser(UNet(recipe.unet), conditioner)
 
-    def fit(model: Denoiser) -> dict:
+    def fit(model: Denoiser, checkpoint: Path) -> dict:
         x, y = load_mnist("train")
         with torch.no_grad():
             posterior = [first_stage.encode(chunk.to(device)) for chunk in x.split(500)]
         mean = torch.cat([p.mean for p in posterior])  # (N, c, h, w)
         std = torch.cat([p.std for p in posterior])
         generator = _generator(recipe.seed, device)
-        batches = random_batches(mean, std, y.to(device), batch_size=recipe.batch_size, generator=generator)
+        batches = Batches(mean, std, y.to(device), batch_size=recipe.batch_size, seed=recipe.seed)
         scale = first_stage.scale_factor
 
-        def loss_fn():
-            mean_b, std_b, y_b = next(batches)
+        def loss_fn(step: int) -> torch.Tensor:
+            mean_b, std_b, y_b = batches(step)
             z0 = scale * (mean_b + std_b * torch.randn(mean_b.shape, generator=generator, device=device))
             cond = model.conditioner.drop(y_b, recipe.p_uncond, generator) if conditional else None
             return diffusion_loss(model, z0, alpha_bar, cond, generator)
 
-        return train(model, loss_fn, steps=recipe.steps, lr=recipe.lr, desc="latent diffusion")
+        return train(model, loss_fn, steps=recipe.steps, lr=recipe.lr, desc="latent diffusion",
+                     ema_decay=recipe.ema_decay, generator=generator, checkpoint=checkpoint)
 
     artifact = load_or_train("conditional-ldm" if conditional else "ldm", recipe, build, fit, device)
     return LatentDiffusion(first_stage, artifact.model, alpha_bar), artifact

@@ -1,4 +1,4 @@
-"""Noise schedules and the forward process q(z_t | z_0).
+"""Noise schedules, the forward process q(z_t | z_0), and the conversions between eps, x0 and v.
 
 DDPM (Ho et al. 2020) Eq. 4: q(z_t | z_0) = N(sqrt(alpha_bar_t) z_0, (1 - alpha_bar_t) I), with
 alpha_bar_t = prod_{s<=t} (1 - beta_s). The same process runs on pixels x or on latents z; the book writes z.
@@ -29,6 +29,48 @@ def linear_beta_schedule(T: int = 1000, beta_start: float = 1e-4, beta_end: floa
     if not 0 < beta_start <= beta_end < 1:
         raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
     return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+
+
+def scaled_linear_beta_schedule(T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """The schedule of the LDM / Stable Diffusion code: sqrt(beta_t) evenly spaced from sqrt(beta_start) to
+    sqrt(beta_end), then squared. The reference code calls this "linear"; it is linear in sqrt(beta), not beta.
+
+    Returns:
+        betas, float64 (T,).
+
+    Raises:
+        ValueError: as :func:`linear_beta_schedule`.
+    """
+    linear_beta_schedule(T, beta_start, beta_end)  # validates the arguments
+    return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+
+
+def cosine_beta_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """The cosine schedule (Nichol & Dhariwal 2021, Eq. 17): alpha_bar(t) = f(t) / f(0) with
+    f(t) = cos(((t / T) + s) / (1 + s) * pi / 2)^2, and beta_t = 1 - alpha_bar(t + 1) / alpha_bar(t) for the
+    0-based step t, clipped at ``max_beta`` so the last steps stay finite.
+
+    Returns:
+        betas, float64 (T,).
+
+    Raises:
+        ValueError: if T < 1, s < 0 or max_beta is not in (0, 1].
+    """
+    if T < 1 or s < 0 or not 0 < max_beta <= 1:
+        raise ValueError(f"need T >= 1, s >= 0 and 0 < max_beta <= 1, got T={T}, s={s}, max_beta={max_beta}")
+    steps = torch.arange(T + 1, dtype=torch.float64)
+    f = torch.cos((steps / T + s) / (1 + s) * torch.pi / 2) ** 2
+    alpha_bar = f / f[0]  # (T + 1,): alpha_bar before any noise, then after each of the T steps
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
+
+
+SCHEDULES = {"linear": linear_beta_schedule, "scaled_linear": scaled_linear_beta_schedule,
+             "cosine": cosine_beta_schedule}
+
+
+def log_snr(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """log SNR_t = log(alpha_bar_t / (1 - alpha_bar_t)): signal-to-noise ratio of z_t on a log scale. (T,)."""
+    return torch.log(alpha_bar) - torch.log1p(-alpha_bar)
 
 
 def alpha_bar_from_betas(betas: torch.Tensor) -> torch.Tensor:
@@ -79,3 +121,27 @@ def predict_x0_from_eps(z_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, a
     """Invert :func:`q_sample` for z_0: z0_hat = (z_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t). Shape of z_t."""
     a = _gather(alpha_bar, t, z_t)
     return (z_t - (1 - a).sqrt() * eps) / a.sqrt()
+
+
+def predict_eps_from_x0(z_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """eps = (z_t - sqrt(alpha_bar_t) x0) / sqrt(1 - alpha_bar_t). Shape of z_t."""
+    a = _gather(alpha_bar, t, z_t)
+    return (z_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+
+def v_from_eps_x0(eps: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The v-parameterisation (Salimans & Ho 2022, Sec. 4): v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0."""
+    a = _gather(alpha_bar, t, x0)
+    return a.sqrt() * eps - (1 - a).sqrt() * x0
+
+
+def x0_from_v(z_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """x0 = sqrt(alpha_bar_t) z_t - sqrt(1 - alpha_bar_t) v. Shape of z_t."""
+    a = _gather(alpha_bar, t, z_t)
+    return a.sqrt() * z_t - (1 - a).sqrt() * v
+
+
+def eps_from_v(z_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """eps = sqrt(1 - alpha_bar_t) z_t + sqrt(alpha_bar_t) v. Shape of z_t."""
+    a = _gather(alpha_bar, t, z_t)
+    return (1 - a).sqrt() * z_t + a.sqrt() * v

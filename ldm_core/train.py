@@ -1,59 +1,54 @@
-"""The losses the book minimises and the one training loop every model goes through."""
+"""The one training loop every model goes through, and the diffusion objective it minimises."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from .autoencoder import Autoencoder
 from .schedules import q_sample, randn_like
 
 
-def random_batches(*tensors: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[tuple]:
-    """Endless minibatches: a fresh random permutation every epoch, drawn from ``generator``.
+class Batches:
+    """Minibatches as a pure function of the step, so a resumed run sees exactly the data an uninterrupted run
+    would: epoch e visits the N examples in the order ``randperm(N)`` seeded with ``seed + e``; a last,
+    incomplete batch of an epoch is dropped.
 
     Args:
-        tensors: tensors with the same first dimension N (on the generator's device).
-        batch_size: 1 <= batch_size <= N; a last, incomplete batch of an epoch is dropped.
+        tensors: tensors with the same first dimension N (on any one device).
+        batch_size: 1 <= batch_size <= N.
+        seed: seed of the permutations.
 
-    Yields:
-        tuples of tensors of first dimension ``batch_size``.
+    ``batches(step)`` returns a tuple of tensors with first dimension ``batch_size``.
+
+    Raises:
+        ValueError: if batch_size is out of range or the first dimensions differ.
     """
-    n = tensors[0].shape[0]
-    if not 1 <= batch_size <= n or any(x.shape[0] != n for x in tensors):
-        raise ValueError(f"need 1 <= batch_size <= N and equal first dimensions, got batch_size={batch_size}, "
-                         f"shapes {[tuple(x.shape) for x in tensors]}")
-    while True:
-        order = torch.randperm(n, generator=generator, device=generator.device)
-        for i in range(0, n - batch_size + 1, batch_size):
-            index = order[i:i + batch_size]
-            yield tuple(x[index] for x in tensors)
 
+    def __init__(self, *tensors: torch.Tensor, batch_size: int, seed: int = 0):
+        n = tensors[0].shape[0]
+        if not 1 <= batch_size <= n or any(x.shape[0] != n for x in tensors):
+            raise ValueError(f"need 1 <= batch_size <= N and equal first dimensions, got batch_size={batch_size}, "
+                             f"shapes {[tuple(x.shape) for x in tensors]}")
+        self.tensors, self.batch_size, self.seed = tensors, batch_size, seed
+        self.per_epoch = n // batch_size
+        self._epoch, self._order = -1, None
 
-def autoencoder_loss(autoencoder: Autoencoder, x: torch.Tensor, kl_weight: float,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-    """L1 reconstruction plus a slight KL penalty, both summed per image and averaged over the batch.
-
-    loss = mean_b [ sum_pixels |x - D(z)| + kl_weight * KL(q(z | x) || N(0, I)) ],  z ~ q(z | x).
-    This is the reduction of the reference code, so ``kl_weight`` = 1e-6 means what it means in the paper
-    (Sec. 3.1: "a slight KL-penalty"); with per-pixel means instead, the same number would weigh the KL
-    H * W * C times more.
-
-    Args:
-        x: images (B, C, H, W) in [-1, 1].
-
-    Returns:
-        (loss, logs) with logs = dict(l1=mean absolute error per pixel, kl=mean KL per image).
-    """
-    x_hat, posterior = autoencoder(x, generator)
-    rec = (x - x_hat).abs().flatten(1).sum(1)  # (B,)
-    kl = posterior.kl()  # (B,)
-    loss = (rec + kl_weight * kl).mean()
-    return loss, {"l1": rec.detach().mean().item() / x[0].numel(), "kl": kl.detach().mean().item()}
+    def __call__(self, step: int) -> tuple:
+        epoch, position = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            self._epoch = epoch
+            self._order = torch.randperm(self.tensors[0].shape[0], generator=generator).to(self.tensors[0].device)
+        index = self._order[position * self.batch_size:(position + 1) * self.batch_size]
+        return tuple(x[index] for x in self.tensors)
 
 
 def diffusion_loss(model: nn.Module, z0: torch.Tensor, alpha_bar: torch.Tensor, cond=None,
@@ -78,32 +73,76 @@ def diffusion_loss(model: nn.Module, z0: torch.Tensor, alpha_bar: torch.Tensor, 
     return (model(z_t, t, cond) - eps).pow(2).mean()
 
 
-def train(model: nn.Module, loss_fn: Callable[[], torch.Tensor | tuple[torch.Tensor, dict]], *, steps: int,
-          lr: float, desc: str, grad_clip: float | None = 1.0) -> dict:
-    """The one training loop: Adam(W), gradient clipping, a progress bar, a loss history.
+def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: str,
+          grad_clip: float | None = 1.0, ema_decay: float | None = None, generator: torch.Generator | None = None,
+          discriminator: nn.Module | None = None, discriminator_lr: float | None = None,
+          checkpoint: str | Path | None = None, checkpoint_every: int = 250) -> dict:
+    """The one training loop: AdamW, gradient clipping, optional EMA and discriminator, a progress bar, a loss
+    history, and checkpoints to resume from.
+
+    Each step calls ``loss_fn(step)``, which draws its own batch (for example with :class:`Batches`) and returns
+    the loss, or ``(loss, logs)``, or ``(loss, logs, discriminator_loss)``; logs is a dict of floats shown on
+    the progress bar. A discriminator loss (None before the discriminator starts) is minimised by a second
+    AdamW over ``discriminator``'s parameters, after the model's step; it must not backpropagate into the model.
+
+    Resuming: with ``checkpoint`` set, the model, optimisers, EMA, loss history and ``generator``'s state are
+    saved there atomically every ``checkpoint_every`` steps, and a run that finds the file continues from its
+    step. With batches drawn by step (:class:`Batches`) and all other randomness from ``generator``, the resumed
+    run computes exactly what an uninterrupted one would. The file is removed when training completes.
 
     Args:
-        model: the module whose parameters are trained (set to train mode, then back to eval mode).
-        loss_fn: called once per step with no arguments (it draws its own batch); returns the loss, or
-            (loss, logs) where logs is a dict of floats shown on the progress bar.
-        steps: optimiser steps, >= 1.
-        lr: learning rate of AdamW (weight decay 0).
+        model: the module to train (set to train mode, then eval mode).
+        steps: total optimiser steps, >= 1.
+        lr: learning rate of AdamW (weight decay 0); ``discriminator_lr`` defaults to it.
         desc: label of the progress bar.
-        grad_clip: max global gradient norm, or None.
+        grad_clip: max global gradient norm of the model, or None.
+        ema_decay: if set, keep an exponential moving average of the weights (decay per step, e.g. 0.999) and
+            copy it into ``model`` at the end: the returned model is the average.
+        generator: the random generator ``loss_fn`` uses, saved and restored with checkpoints.
 
     Returns:
-        dict(loss=[float per step], seconds=wall time).
+        dict(loss=[float per step], seconds=wall time of this call).
+
+    Raises:
+        FloatingPointError: if a loss is not finite.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    d_optimizer = (torch.optim.AdamW(discriminator.parameters(), lr=discriminator_lr or lr, weight_decay=0.0)
+                   if discriminator is not None else None)
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+           if ema_decay is not None else None)
     losses: list[float] = []
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=next(model.parameters()).device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        for part, key in ((d_optimizer, "d_optimizer"), (discriminator, "discriminator"), (ema, "ema")):
+            if part is not None:
+                part.load_state_dict(state[key])
+        if generator is not None:
+            generator.set_state(state["generator"])
+        losses = list(state["loss"])
+
+    def save() -> None:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "loss": losses}
+        for part, key in ((d_optimizer, "d_optimizer"), (discriminator, "discriminator"), (ema, "ema")):
+            if part is not None:
+                state[key] = part.state_dict()
+        if generator is not None:
+            state["generator"] = generator.get_state()
+        save_atomic(state, checkpoint)
+
     model.train()
+    if discriminator is not None:
+        discriminator.train()
     start = time.perf_counter()
-    with tqdm(range(steps), desc=desc, mininterval=2.0) as bar:
+    with tqdm(range(len(losses), steps), desc=desc, mininterval=2.0, initial=len(losses), total=steps) as bar:
         for step in bar:
-            out = loss_fn()
-            loss, logs = out if isinstance(out, tuple) else (out, {})
+            out = loss_fn(step)
+            loss, logs, d_loss = (*out, None, None)[:3] if isinstance(out, tuple) else (out, {}, None)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -111,8 +150,34 @@ def train(model: nn.Module, loss_fn: Callable[[], torch.Tensor | tuple[torch.Ten
             if grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
+            if d_loss is not None:
+                d_optimizer.zero_grad(set_to_none=True)
+                d_loss.backward()
+                d_optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             losses.append(loss.item())
             if step % 50 == 0 or step == steps - 1:
-                bar.set_postfix(loss=f"{losses[-1]:.4g}", **{k: f"{v:.3g}" for k, v in logs.items()})
+                bar.set_postfix(loss=f"{losses[-1]:.4g}", **{k: f"{v:.3g}" for k, v in (logs or {}).items()})
+            if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+                save()
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
     model.eval()
+    if checkpoint is not None and checkpoint.exists():
+        checkpoint.unlink()
     return {"loss": losses, "seconds": time.perf_counter() - start}
+
+
+def save_atomic(payload: dict, path: str | Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -56,13 +56,6 @@ def test_cache_key_changes_with_the_recipe():
     assert a != b and a.parent == b.parent == pretrained.cache_dir()
 
 
-def test_save_atomic_leaves_no_temporary_file(tmp_path):
-    path = tmp_path / "x" / "a.pt"
-    pretrained.save_atomic({"w": torch.ones(2)}, path)
-    assert [p.name for p in path.parent.iterdir()] == ["a.pt"]
-    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
-
-
 def test_latent_diffusion_reuses_the_autoencoder_and_samples():
     ae = pretrained.autoencoder()
     ldm, artifact = pretrained.latent_diffusion(conditional=True)

@@ -1,17 +1,20 @@
 import pytest
 import torch
 
-from ldm_core.train import diffusion_loss, random_batches, train
 from ldm_core.schedules import alpha_bar_from_betas, linear_beta_schedule
+from ldm_core.train import Batches, diffusion_loss, save_atomic, train
 
 
-def test_random_batches_cover_each_epoch_once():
+def test_batches_cover_each_epoch_once_and_depend_only_on_the_step():
     x = torch.arange(10)
-    batches = random_batches(x, batch_size=5, generator=torch.Generator().manual_seed(0))
-    first_epoch = torch.cat([next(batches)[0], next(batches)[0]])
-    assert sorted(first_epoch.tolist()) == list(range(10))
+    batches = Batches(x, batch_size=3, seed=0)
+    first_epoch = torch.cat([batches(step)[0] for step in range(3)])  # 3 batches of 3; one example dropped
+    assert len(set(first_epoch.tolist())) == 9
+    assert not torch.equal(batches(0)[0], batches(3)[0]), "a new permutation each epoch"
+    fresh = Batches(x, batch_size=3, seed=0)
+    assert torch.equal(fresh(4)[0], batches(4)[0]), "step 4 without having seen steps 0-3"
     with pytest.raises(ValueError, match="batch_size"):
-        next(random_batches(x, batch_size=11, generator=torch.Generator()))
+        Batches(x, batch_size=11)
 
 
 def test_diffusion_loss_of_the_exact_noise_predictor_is_zero():
@@ -31,8 +34,69 @@ def test_diffusion_loss_of_the_exact_noise_predictor_is_zero():
 def test_train_reduces_a_simple_loss_and_reports_history():
     model = torch.nn.Linear(1, 1)
     x = torch.linspace(-1, 1, 64)[:, None]
-    history = train(model, lambda: ((model(x) - 3 * x) ** 2).mean(), steps=200, lr=0.05, desc="fit")
+    history = train(model, lambda step: ((model(x) - 3 * x) ** 2).mean(), steps=200, lr=0.05, desc="fit")
     assert len(history["loss"]) == 200 and history["loss"][-1] < 1e-3 < history["loss"][0]
     assert not model.training
     with pytest.raises(FloatingPointError):
-        train(model, lambda: torch.tensor(float("nan"), requires_grad=True), steps=1, lr=0.1, desc="nan")
+        train(model, lambda step: torch.tensor(float("nan"), requires_grad=True), steps=1, lr=0.1, desc="nan")
+
+
+def _toy_run(tmp_path, steps, checkpoint=None, ema_decay=None, interrupt_at=None):
+    """A small regression trained with batches by step and noise from a generator."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    y = x[:, :1] * 2 - x[:, 1:]
+    batches = Batches(x, y, batch_size=16, seed=0)
+    generator = torch.Generator().manual_seed(2)
+
+    def loss_fn(step):
+        if step == interrupt_at:
+            raise KeyboardInterrupt
+        xb, yb = batches(step)
+        noise = 0.01 * torch.randn(yb.shape, generator=generator)
+        return ((model(xb) - yb - noise) ** 2).mean()
+
+    history = train(model, loss_fn, steps=steps, lr=0.01, desc="toy", generator=generator, ema_decay=ema_decay,
+                    checkpoint=checkpoint, checkpoint_every=10)
+    return model, history
+
+
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
+    model_a, history_a = _toy_run(tmp_path, steps=40, ema_decay=0.9)
+    checkpoint = tmp_path / "run.partial.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _toy_run(tmp_path, steps=40, checkpoint=checkpoint, ema_decay=0.9, interrupt_at=25)
+    assert checkpoint.exists()
+    assert len(torch.load(checkpoint, weights_only=True)["loss"]) == 20  # the last checkpoint before step 25
+    model_b, history_b = _toy_run(tmp_path, steps=40, checkpoint=checkpoint, ema_decay=0.9)
+    assert history_b["loss"] == history_a["loss"]
+    for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not checkpoint.exists(), "a finished run removes its checkpoint"
+
+
+def test_ema_returns_the_average_of_the_weights(tmp_path):
+    plain, _ = _toy_run(tmp_path, steps=30)
+    averaged, _ = _toy_run(tmp_path, steps=30, ema_decay=0.5)
+    # same trajectory (same seeds), so the EMA differs from the last weights but not by much
+    difference = (plain[0].weight - averaged[0].weight).abs().max().item()
+    assert 0 < difference < 0.1
+
+
+def test_train_steps_a_discriminator_with_its_own_loss():
+    model, critic = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    before = critic.weight.detach().clone()
+    x = torch.ones(4, 1)
+    train(model, lambda step: ((model(x) - 1) ** 2).mean(), steps=1, lr=0.1, desc="g")
+    assert torch.equal(critic.weight, before)
+    train(model, lambda step: (((model(x) - 1) ** 2).mean(), {}, critic(model(x).detach()).mean()),
+          steps=3, lr=0.1, desc="gan", discriminator=critic)
+    assert not torch.equal(critic.weight, before)
+
+
+def test_save_atomic_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "x" / "a.pt"
+    save_atomic({"w": torch.ones(2)}, path)
+    assert [p.name for p in path.parent.iterdir()] == ["a.pt"]
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
