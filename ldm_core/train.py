@@ -53,7 +53,7 @@ class Batches:
 
 def diffusion_loss(model: nn.Module, z0: torch.Tensor, alpha_bar: torch.Tensor, cond=None,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """The LDM objective (paper Eq. 2; Eq. 1 of DDPM's simplified loss):
+    """The LDM objective (paper Eq. 2; DDPM's simplified loss L_simple, Ho et al. 2020, Eq. 14):
     E_{z0, eps ~ N(0, I), t ~ U{0..T-1}} || eps - eps_theta(z_t, t, cond) ||^2, averaged per element.
 
     Args:
