@@ -166,7 +166,12 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
     model.eval()
     if checkpoint is not None and checkpoint.exists():
         checkpoint.unlink()
-    return {"loss": losses, "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    last = losses[-min(50, len(losses)):]
+    # one plain line that outlives the progress bar (the HTML book hides the bar: TQDM_DISABLE=1 in `make book`)
+    print(f"{desc}: {steps} steps, {seconds:.0f} s in this run; mean loss over the last {len(last)} steps "
+          f"{sum(last) / len(last):.4g}", flush=True)
+    return {"loss": losses, "seconds": seconds}
 
 
 def save_atomic(payload: dict, path: str | Path) -> None:
