@@ -19,9 +19,10 @@ $(STAMP): requirements.txt pyproject.toml
 # Executes every chapter at LDM_BUDGET (default: book on a CPU, full on a GPU) while building.
 # -W turns warnings (a chapter that raises is one) into errors; --keep-going reports them all first.
 # Progress bars are for live sessions: the HTML shows the one summary line each training run prints.
+# Sliders become self-contained JavaScript players with pre-rendered frames (LDM_STATIC_HTML=1, ldm_core.viz).
 book: $(STAMP)
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute
-	TQDM_DISABLE=1 $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+	TQDM_DISABLE=1 LDM_STATIC_HTML=1 $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 
 # Unit tests and every notebook cell under nbval, at the smoke budget; each chapter gets an empty cache
 # (book/conftest.py), so each shows it runs alone.

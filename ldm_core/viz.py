@@ -1,6 +1,15 @@
-"""Figures: image grids and loss curves (matplotlib, torchvision's ``make_grid``)."""
+"""Figures: image grids, loss curves (matplotlib, torchvision's ``make_grid``), and sliders that work live and
+in the static HTML book."""
 
 from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+import os
+import uuid
+from typing import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -51,3 +60,90 @@ def plot_loss(losses, title: str = "training loss", window: int = 50, ax=None, l
     ax.set_title(title)
     ax.legend()
     return ax
+
+
+def _png_base64(image) -> str:
+    """A figure, or an image array (H, W) / (H, W, 3) in [0, 1], as a base64 PNG."""
+    buffer = io.BytesIO()
+    if isinstance(image, plt.Figure):
+        image.savefig(buffer, format="png", bbox_inches="tight", dpi=80)
+        plt.close(image)
+    else:
+        image = np.clip(np.asarray(image, dtype=np.float64), 0, 1)
+        zoom = max(1, 384 // max(image.shape[:2]))  # small images: enlarge, pixels as squares
+        image = image.repeat(zoom, axis=0).repeat(zoom, axis=1)
+        plt.imsave(buffer, image, format="png", cmap="gray", vmin=0, vmax=1)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def static_slider_html(fn: Callable, **values: Sequence) -> str:
+    """Pre-render ``fn`` at every combination of slider values into one self-contained HTML player.
+
+    The page needs no kernel and no network: the frames are embedded PNGs, and a few lines of JavaScript show
+    the frame that matches the sliders' positions.
+
+    Args:
+        fn: a pure function of the keyword arguments named in ``values``, returning a matplotlib Figure or an
+            image array (H, W) or (H, W, 3) in [0, 1].
+        values: for each slider, the sequence of values it steps through.
+
+    Returns:
+        an HTML string with one ``<input type="range">`` per slider and one ``<img>``.
+    """
+    if not values or any(len(v) == 0 for v in values.values()):
+        raise ValueError("give each slider a non-empty sequence of values, e.g. t=[0, 500, 999]")
+    names = list(values)
+    frames = {"_".join(map(str, index)): _png_base64(fn(**{n: values[n][i] for n, i in zip(names, index)}))
+              for index in itertools.product(*(range(len(values[n])) for n in names))}
+    uid = f"ldm-slider-{uuid.uuid4().hex[:8]}"
+    controls = "".join(
+        f'<label style="display:block">{name} = <span id="{uid}-{name}-value">{values[name][0]}</span><br>'
+        f'<input type="range" id="{uid}-{name}" data-slider="{name}" min="0" max="{len(values[name]) - 1}" '
+        f'value="0" step="1" style="width:20em"></label>' for name in names)
+    return f"""<div class="ldm-slider" id="{uid}">{controls}<img id="{uid}-image" alt="frame"
+src="data:image/png;base64,{frames['_'.join('0' * len(names))]}">
+<script>(function() {{
+  const frames = {json.dumps(frames)};
+  const labels = {json.dumps({n: [str(v) for v in values[n]] for n in names})};
+  const names = {json.dumps(names)};
+  function show() {{
+    const index = names.map(n => document.getElementById("{uid}-" + n).value);
+    names.forEach((n, i) => document.getElementById("{uid}-" + n + "-value").textContent = labels[n][index[i]]);
+    document.getElementById("{uid}-image").src = "data:image/png;base64," + frames[index.join("_")];
+  }}
+  names.forEach(n => document.getElementById("{uid}-" + n).addEventListener("input", show));
+}})();</script></div>"""
+
+
+def slider(fn: Callable, **values: Sequence):
+    """Sliders over a pure function of their values that returns a figure or an image.
+
+    In a live kernel (Jupyter, Colab) these are ipywidgets that call ``fn`` as they move. When the book is built
+    to HTML (``LDM_STATIC_HTML=1``, set by ``make book``) every frame is pre-rendered into a self-contained
+    JavaScript player (:func:`static_slider_html`), so dragging still changes the picture with no kernel and no
+    network. Either way the frames come from the same ``fn``.
+
+    Args:
+        fn: ``fn(**slider_values)`` returning a matplotlib Figure or an image array in [0, 1].
+        values: for each slider, the sequence of values it steps through.
+
+    Returns:
+        the displayable object (an ``IPython.display.HTML`` or an ``ipywidgets`` widget).
+    """
+    if os.environ.get("LDM_STATIC_HTML"):
+        from IPython.display import HTML
+
+        return HTML(static_slider_html(fn, **values))
+    import ipywidgets
+
+    def show(**kwargs):
+        result = fn(**kwargs)
+        if not isinstance(result, plt.Figure):
+            figure, ax = plt.subplots(figsize=(3, 3))
+            ax.imshow(np.clip(np.asarray(result), 0, 1), cmap="gray", vmin=0, vmax=1)
+            ax.set_axis_off()
+        plt.show()
+
+    sliders = {name: ipywidgets.SelectionSlider(options=list(v), description=name, continuous_update=False)
+               for name, v in values.items()}
+    return ipywidgets.interactive(show, **sliders)
