@@ -36,7 +36,7 @@ class AutoencoderConfig:
 
     @classmethod
     def tiny(cls) -> "AutoencoderConfig":
-        """A few thousand parameters, for tests."""
+        """About 30k parameters, for tests."""
         return cls(channels=8, channel_mult=(1, 2, 2), latent_channels=2, groups=4)
 
     def __post_init__(self):
@@ -161,7 +161,7 @@ class Autoencoder(nn.Module):
     """KL- or VQ-regularised autoencoder: ``encode`` x (B, C, H, W) -> q(z | x) over (B, c, H/f, W/f); ``decode`` back.
 
     ``scale_factor`` (a buffer, 1.0 until set) is 1 / std of the training latents, computed from data by
-    :func:`ldm_core.pretrained.latent_scale_factor`; diffusion runs on ``scale_factor * z`` (paper Sec. 3.1/G).
+    :func:`ldm_core.pretrained.latent_scale_factor`; diffusion runs on ``scale_factor * z``.
 
     Raises:
         ValueError: from :meth:`encode` if the input is not (B, C, H, W) with H and W divisible by f.

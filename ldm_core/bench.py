@@ -27,7 +27,8 @@ from .train import diffusion_loss
 from .unet import UNet
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
-# samples per measurement: FID grows as N shrinks, so every FID in one file uses the same N
+# samples per generated set: FID grows as N shrinks, so all generated sets use the same N; the floor and rFID
+# compare 1,000-image sets (training digits, reconstructions) with the 1,000 test digits
 SAMPLES = {"smoke": 200, "book": 500, "full": 1000}
 KID_SUBSET = {"smoke": 100, "book": 250, "full": 500}
 

@@ -40,5 +40,6 @@ class ClassEmbedder(nn.Module):
 
     def drop(self, y: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
         """Condition dropout: each label replaced by the null label with probability p. (B,) -> (B,)."""
-        keep = torch.rand(y.shape, generator=generator, device=y.device) >= p
+        device = generator.device if generator is not None else y.device
+        keep = (torch.rand(y.shape, generator=generator, device=device) >= p).to(y.device)
         return torch.where(keep, y, self.null(len(y), y.device))

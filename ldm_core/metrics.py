@@ -71,7 +71,8 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
     """Light augmentation: translate each image by up to ``max_shift`` pixels, filling with the background -1."""
     B, _, height, width = x.shape
     padded = F.pad(x, (max_shift,) * 4, value=-1.0)
-    dx, dy = torch.randint(0, 2 * max_shift + 1, (2, B), generator=generator, device=x.device).tolist()
+    device = generator.device if generator is not None else x.device
+    dx, dy = torch.randint(0, 2 * max_shift + 1, (2, B), generator=generator, device=device).tolist()
     return torch.stack([padded[i, :, dy[i]:dy[i] + height, dx[i]:dx[i] + width] for i in range(B)])
 
 
@@ -127,7 +128,14 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         # still well defined (its trace is what we need), so scipy's "singular matrix" warning is noise here
         warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
         covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    covmean = covmean.real  # rounding can leave a tiny imaginary part
+        if not np.isfinite(covmean).all():  # as pytorch-fid does: regularise a numerically singular product
+            offset = np.eye(len(sigma1)) * 1e-6
+            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(covmean.imag, 0, atol=1e-3 * max(1.0, np.abs(covmean.real).max())):
+            raise ValueError(f"sqrtm(sigma1 sigma2) has a large imaginary part ({np.abs(covmean.imag).max():.3g}): "
+                             "the covariances are not valid (too few samples for the feature width?)")
+        covmean = covmean.real  # rounding leaves a tiny imaginary part
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 

@@ -74,7 +74,8 @@ class LatentDiffusion:
         if conditional == (labels is None) or (labels is None) == (n is None):
             raise ValueError("give labels for a conditional denoiser, or n for an unconditional one")
         batch = len(labels) if conditional else n
-        noise = torch.randn((batch, *self.latent_shape), generator=generator).to(self.device)
+        noise_device = generator.device if generator is not None else self.device
+        noise = torch.randn((batch, *self.latent_shape), generator=generator, device=noise_device).to(self.device)
         model, cond = self.denoiser, None
         if conditional:
             cond = labels.to(self.device)

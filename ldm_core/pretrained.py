@@ -74,6 +74,7 @@ class DiffusionRecipe:
     seed: int = 0
 
 
+# The full budget has not run yet (no GPU was available when these were written): its sizes are a first guess.
 _SMOKE_AE = AutoencoderRecipe(config=AutoencoderConfig.tiny(), steps=150, batch_size=32)
 _FULL_AE = AutoencoderRecipe(config=AutoencoderConfig(channels=64, channel_mult=(1, 2, 2)), steps=8000, batch_size=128)
 AUTOENCODER_RECIPES = {"smoke": _SMOKE_AE, "book": AutoencoderRecipe(), "full": _FULL_AE}
@@ -85,19 +86,19 @@ CLASSIFIER_RECIPES = {
 
 
 def diffusion_recipe(budget: str, conditional: bool) -> DiffusionRecipe:
-    """The latent diffusion recipe for a budget; the conditional one adds a label token of width d_context."""
+    """The latent diffusion recipe for a budget: the UNet's input channels are the autoencoder's latent channels,
+    and the conditional model attends to a label token of width d_context = the UNet's first width."""
     if budget == "smoke":
-        recipe = DiffusionRecipe(autoencoder=_SMOKE_AE, unet=UNetConfig.tiny(in_channels=2), steps=150, batch_size=32,
+        recipe = DiffusionRecipe(autoencoder=_SMOKE_AE, unet=UNetConfig.tiny(), steps=150, batch_size=32,
                                  ema_decay=0.9)
     elif budget == "book":
         recipe = DiffusionRecipe(steps=2000 if conditional else 1500)
     else:
         recipe = DiffusionRecipe(autoencoder=_FULL_AE, unet=UNetConfig(channels=128, channel_mult=(1, 2, 2)),
                                  steps=20000, batch_size=256, lr=2e-4, ema_decay=0.999)
-    if conditional:
-        unet = dataclasses.replace(recipe.unet, d_context=recipe.unet.channels)
-        recipe = dataclasses.replace(recipe, unet=unet, conditional=True)
-    return recipe
+    unet = dataclasses.replace(recipe.unet, in_channels=recipe.autoencoder.config.latent_channels,
+                               d_context=recipe.unet.channels if conditional else None)
+    return dataclasses.replace(recipe, unet=unet, conditional=conditional)
 
 
 # ---------------------------------------------------------------------------------------------------- the cache
@@ -166,8 +167,9 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
 
 @torch.no_grad()
 def latent_scale_factor(autoencoder: Autoencoder, x: torch.Tensor, generator: torch.Generator | None = None) -> float:
-    """1 / std of latents z ~ q(z | x) over images x (paper Sec. 4.3.2 and Appendix G: "rescale the latent ...
-    by the component-wise standard deviation" estimated from data), so that scale_factor * z has unit variance."""
+    """1 / std of latents z ~ q(z | x) over images x, one number over all elements (as the reference code
+    computes it; the paper, Sec. 4.3.2 and Appendix G, speaks of the "component-wise standard deviation"), so
+    that scale_factor * z has unit variance."""
     z = torch.cat([autoencoder.encode(chunk).sample(generator) for chunk in x.split(500)])
     return 1.0 / float(z.flatten().std())
 
@@ -203,8 +205,9 @@ def autoencoder(budget: str | None = None, recipe: AutoencoderRecipe | None = No
         return history
 
     def build() -> Autoencoder:
-        torch.manual_seed(recipe.seed)
-        return Autoencoder(recipe.config)
+        with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching the caller's RNG
+            torch.manual_seed(recipe.seed)
+            return Autoencoder(recipe.config)
 
     return load_or_train("autoencoder", recipe, build, fit, device)
 
@@ -216,8 +219,9 @@ def classifier(budget: str | None = None, recipe: ClassifierRecipe | None = None
     device = get_device()
 
     def build() -> DigitClassifier:
-        torch.manual_seed(recipe.seed)
-        return DigitClassifier(width=recipe.width)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed)
+            return DigitClassifier(width=recipe.width)
 
     def fit(model: DigitClassifier, checkpoint: Path) -> dict:
         x, y = load_mnist("train")
@@ -246,14 +250,18 @@ def latent_diffusion(budget: str | None = None, conditional: bool = False) -> tu
     """
     budget = budget or get_budget()
     recipe = diffusion_recipe(budget, conditional)
-    first_stage = autoencoder(budget).model
+    if recipe.autoencoder.config.regularizer != "kl":
+        raise ValueError("latent_diffusion trains on a KL autoencoder's posterior; got a "
+                         f"{recipe.autoencoder.config.regularizer!r} first stage")
+    first_stage = autoencoder(recipe=recipe.autoencoder).model
     device = get_device()
     alpha_bar = alpha_bar_from_betas(linear_beta_schedule(recipe.T, recipe.beta_start, recipe.beta_end)).to(device)
 
     def build() -> Denoiser:
-        torch.manual_seed(recipe.seed)
-        conditioner = ClassEmbedder(10, recipe.unet.d_context) if conditional else None
-        return Denoiser(UNet(recipe.unet), conditioner)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed)
+            conditioner = ClassEmbedder(10, recipe.unet.d_context) if conditional else None
+            return Denoiser(UNet(recipe.unet), conditioner)
 
     def fit(model: Denoiser, checkpoint: Path) -> dict:
         x, y = load_mnist("train")

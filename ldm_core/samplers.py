@@ -37,8 +37,10 @@ def make_timesteps(T: int, n: int, spacing: str = "linspace") -> torch.Tensor:
     Args:
         T: steps of the training schedule.
         n: sampler steps, 1 <= n <= T.
-        spacing: ``"linspace"`` (round(linspace(0, T-1, n))), ``"leading"`` (0, k, 2k, ... with k = T // n;
-            DDIM's choice) or ``"trailing"`` (T-1, T-1-k', ... with k' = T / n, rounded; Lin et al. 2024).
+        spacing: ``"linspace"`` (round(linspace(T-1, 0, n)): from T-1 down to 0), ``"leading"`` (0, k, 2k, ...
+            with k = T // n, DDIM's choice: it never reaches T-1, and with n = 1 its only step is t = 0) or
+            ``"trailing"`` (T-1, T-1-k', ... with k' = T / n, rounded; Lin et al. 2024). linspace and trailing
+            always start at T-1, where the sampler's pure noise belongs.
 
     Returns:
         int64 tensor (n,), strictly decreasing, in [0, T-1].
@@ -49,14 +51,12 @@ def make_timesteps(T: int, n: int, spacing: str = "linspace") -> torch.Tensor:
     if not 1 <= n <= T:
         raise ValueError(f"n must be in [1, T={T}], got {n}")
     if spacing == "linspace":
-        steps = torch.linspace(0, T - 1, n, dtype=torch.float64).round().long()
-    elif spacing == "leading":
-        steps = torch.arange(n, dtype=torch.int64) * (T // n)
-    elif spacing == "trailing":
-        steps = (T - 1 - torch.arange(n, dtype=torch.float64) * (T / n)).round().long().flip(0)
-    else:
-        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-    return steps.flip(0)
+        return torch.linspace(T - 1, 0, n, dtype=torch.float64).round().long()
+    if spacing == "leading":
+        return (torch.arange(n, dtype=torch.int64) * (T // n)).flip(0)
+    if spacing == "trailing":
+        return (T - 1 - torch.arange(n, dtype=torch.float64) * (T / n)).round().long()
+    raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
 
 
 def _alpha_bar_pair(alpha_bar: torch.Tensor, t: int, t_prev: int) -> tuple[float, float]:
@@ -90,7 +90,8 @@ def ddpm_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
         timesteps: strictly decreasing int64 (n,), usually ``make_timesteps(T, T)`` (all T steps).
         cond: passed to the model unchanged.
         generator: randomness of the ancestral noise.
-        callback: called after each step with dict(step, t, z_t, x0_hat).
+        callback: called after each step with dict(step, t, z_t, x0_hat, t_prev, z_prev): the state at t, the
+            prediction of the clean latent made from it, and the state the step produced at t_prev.
 
     Returns:
         z_0 samples, shape of ``noise``.
@@ -104,11 +105,12 @@ def ddpm_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
         beta = 1 - a / a_prev
         mean = (a_prev**0.5 * beta / (1 - a)) * x0_hat + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a)) * z
         var = (1 - a_prev) / (1 - a) * beta
-        z = mean
+        z_prev = mean
         if t_prev >= 0:
-            z = z + var**0.5 * randn_like(z, generator)
+            z_prev = z_prev + var**0.5 * randn_like(z, generator)
         if callback is not None:
-            callback(dict(step=step, t=t, z_t=z, x0_hat=x0_hat))
+            callback(dict(step=step, t=t, z_t=z, x0_hat=x0_hat, t_prev=t_prev, z_prev=z_prev))
+        z = z_prev
     return z
 
 
@@ -126,13 +128,13 @@ def ddim_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
     Args:
         model, noise, alpha_bar, cond, generator, callback: as in :func:`ddpm_sample`.
         timesteps: strictly decreasing int64 (n,), e.g. ``make_timesteps(T, 50)``.
-        eta: >= 0.
+        eta: in [0, 1].
 
     Returns:
         z_0 samples, shape of ``noise``.
     """
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must be in [0, 1] (above 1, sigma^2 can exceed 1 - alpha_bar_t_prev), got {eta}")
     z = noise
     for step, (t, t_prev) in enumerate(_pairs(timesteps)):
         a, a_prev = _alpha_bar_pair(alpha_bar, t, t_prev)
@@ -140,16 +142,20 @@ def ddim_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
         eps = model(z, t_batch, cond)
         x0_hat = predict_x0_from_eps(z, t_batch, eps, alpha_bar)
         sigma = eta * ((1 - a_prev) / (1 - a)) ** 0.5 * (1 - a / a_prev) ** 0.5
-        z = a_prev**0.5 * x0_hat + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
+        z_prev = a_prev**0.5 * x0_hat + (1 - a_prev - sigma**2) ** 0.5 * eps
         if sigma > 0:
-            z = z + sigma * randn_like(z, generator)
+            z_prev = z_prev + sigma * randn_like(z, generator)
         if callback is not None:
-            callback(dict(step=step, t=t, z_t=z, x0_hat=x0_hat))
+            callback(dict(step=step, t=t, z_t=z, x0_hat=x0_hat, t_prev=t_prev, z_prev=z_prev))
+        z = z_prev
     return z
 
 
 def classifier_free_guidance(model: Model, guidance_scale: float, null_cond: Callable[[int], object]) -> Model:
-    """Wrap a conditional model: eps = eps_u + guidance_scale * (eps_c - eps_u) (Ho & Salimans 2022, Eq. 6).
+    """Wrap a conditional model: eps = eps_u + guidance_scale * (eps_c - eps_u).
+
+    This is Ho & Salimans 2022, Eq. 6, eps = (1 + w) eps_c - w eps_u, written with s = 1 + w as in the LDM and
+    GLIDE code: s = 1 is the plain conditional model (w = 0).
 
     Both predictions come from one batched call on [z_t; z_t] with conditions [cond; null]. Scale 1 returns
     the conditional prediction, scale 0 the unconditional one.

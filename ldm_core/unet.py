@@ -1,8 +1,9 @@
 """The time-conditional UNet eps_theta(z_t, t, context) of the LDM (paper Sec. 3.2-3.3, Eq. 2 and 3).
 
 Residual blocks receive the timestep through a sinusoidal embedding (Vaswani et al. 2017; DDPM Appendix B);
-the lowest resolution and the middle carry a :class:`~ldm_core.attention.SpatialTransformer` (self-attention,
-and cross-attention to ``context`` when ``d_context`` is set).
+every ResBlock at the lowest resolution, on the way down and up, and the middle carry a
+:class:`~ldm_core.attention.SpatialTransformer` (self-attention, and cross-attention to ``context`` when
+``d_context`` is set).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class UNetConfig:
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017, Sec. 3.5), as in DDPM.
+    """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017, Sec. 3.5), in the [cos, sin] layout of the
+    LDM code (``openaimodel.timestep_embedding``); DDPM's own code orders them [sin, cos].
 
     emb[:, i] = cos(t * w_i) for i < dim/2 and sin(t * w_i) for the rest, with w_i = max_period^(-i / (dim/2)).
 
@@ -167,7 +169,7 @@ class UNet(nn.Module):
                                         or context.shape[2] != c.d_context):
             raise ValueError(f"context must be ({z_t.shape[0]}, M, {c.d_context}), got "
                              f"{None if context is None else tuple(context.shape)}")
-        emb = self.time_embed(timestep_embedding(t, c.channels))  # (B, 4 * channels)
+        emb = self.time_embed(timestep_embedding(t, c.channels).to(z_t.dtype))  # (B, 4 * channels)
         h = self.conv_in(z_t)
         skips = [h]
         for block in self.down:

@@ -82,3 +82,21 @@ def test_codebook_usage_closed_forms():
     assert codebook_usage(torch.zeros(10, dtype=torch.int64), 4) == (1.0, 3)
     perplexity, dead = codebook_usage(torch.arange(8), 8)
     assert perplexity == pytest.approx(8.0) and dead == 0
+
+
+def test_vq_loss_is_codebook_plus_commitment_with_the_right_stop_gradients():
+    from ldm_core.autoencoder import VectorQuantizer
+
+    quantizer = VectorQuantizer(num_codes=8, dim=2, commitment=0.25)
+    torch.nn.init.normal_(quantizer.codebook.weight)
+    z = torch.randn(3, 2, 2, 2, requires_grad=True)
+    quantized = quantizer(z)
+    e = quantizer.codebook.weight[quantized.indices].permute(0, 3, 1, 2).detach()  # (3, 2, 2, 2)
+    torch.testing.assert_close(quantized.loss, 1.25 * (z.detach() - e).pow(2).flatten(1).sum(1))
+    quantized.loss.sum().backward()
+    # d/dz of beta ||z - sg[e]||^2 = 2 beta (z - e); the codebook term moves only the codes: 2 (e - z) per use
+    torch.testing.assert_close(z.grad, 2 * 0.25 * (z.detach() - e))
+    code_grad = torch.zeros_like(quantizer.codebook.weight)
+    flat_index = quantized.indices.flatten()
+    code_grad.index_add_(0, flat_index, 2 * (e - z.detach()).permute(0, 2, 3, 1).reshape(-1, 2))
+    torch.testing.assert_close(quantizer.codebook.weight.grad, code_grad)

@@ -15,6 +15,13 @@ def test_timesteps_strictly_decreasing_unique_in_range_for_every_n(spacing):
         assert ts.shape == (n,) and ts.dtype == torch.int64
         assert (ts.diff() < 0).all(), (spacing, n)
         assert 0 <= ts.min() and ts.max() <= T - 1
+        if spacing != "leading":
+            assert ts[0] == T - 1, "sampling starts where pure noise belongs"
+
+
+def test_one_step_sampler_starts_from_pure_noise():
+    assert make_timesteps(T, 1).tolist() == [T - 1]
+    assert make_timesteps(T, 1, "leading").tolist() == [0], "leading's known flaw, documented"
 
 
 def test_timesteps_reject_bad_requests():
@@ -22,6 +29,8 @@ def test_timesteps_reject_bad_requests():
         make_timesteps(T, 0)
     with pytest.raises(ValueError, match="spacing must be one of"):
         make_timesteps(T, 10, "cubic")
+    with pytest.raises(ValueError, match=r"eta must be in \[0, 1\]"):
+        ddim_sample(lambda z, t, c: z, torch.zeros(1, 1), ALPHA_BAR, make_timesteps(T, 2), eta=1.5)
 
 
 def oracle(x0: torch.Tensor):
@@ -72,7 +81,45 @@ def test_callback_sees_every_step_with_named_intermediates():
     ts = make_timesteps(T, 5)
     ddim_sample(lambda z, t, c: z, torch.zeros(1, 1, 2, 2), ALPHA_BAR, ts, callback=seen.append)
     assert [s["step"] for s in seen] == list(range(5)) and [s["t"] for s in seen] == ts.tolist()
-    assert set(seen[0]) == {"step", "t", "z_t", "x0_hat"}
+    assert [s["t_prev"] for s in seen] == ts.tolist()[1:] + [-1]
+    assert set(seen[0]) == {"step", "t", "z_t", "x0_hat", "t_prev", "z_prev"}
+    assert all(torch.equal(a["z_prev"], b["z_t"]) for a, b in zip(seen, seen[1:]))
+
+
+def one_step(sampler, t, t_prev, eta=None):
+    """Run the first step (t -> t_prev) of a sampler on a fixed state with a fixed eps; return its record."""
+    z = torch.linspace(-2, 2, 12, dtype=torch.float64).view(3, 1, 2, 2)
+    eps = torch.linspace(1, -1, 12, dtype=torch.float64).view(3, 1, 2, 2)
+    seen = []
+    kwargs = {} if eta is None else {"eta": eta}
+    sampler(lambda z_t, t_, c: eps, z, ALPHA_BAR, torch.tensor([t, t_prev]), generator=torch.Generator().manual_seed(0),
+            callback=seen.append, **kwargs)
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # the first draw
+    return z, eps, noise, seen[0]
+
+
+def test_ddpm_step_is_the_posterior_written_by_hand():
+    t, t_prev = 600, 400  # a strided step: alpha_bar ratios, not single betas
+    z, eps, noise, record = one_step(ddpm_sample, t, t_prev)
+    a, a_prev = ALPHA_BAR[t].item(), ALPHA_BAR[t_prev].item()
+    x0 = (z - (1 - a) ** 0.5 * eps) / a**0.5
+    beta = 1 - a / a_prev
+    # DDPM Eq. 7 with alpha_bar_{t-1} -> alpha_bar_{t_prev} and beta_t -> 1 - alpha_bar_t / alpha_bar_{t_prev}
+    mean = a_prev**0.5 * beta / (1 - a) * x0 + (1 - beta) ** 0.5 * (1 - a_prev) / (1 - a) * z
+    std = ((1 - a_prev) / (1 - a) * beta) ** 0.5
+    torch.testing.assert_close(record["x0_hat"], x0)
+    torch.testing.assert_close(record["z_prev"], mean + std * noise)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_step_is_equation_12_written_by_hand(eta):
+    t, t_prev = 600, 400
+    z, eps, noise, record = one_step(ddim_sample, t, t_prev, eta)
+    a, a_prev = ALPHA_BAR[t].item(), ALPHA_BAR[t_prev].item()
+    x0 = (z - (1 - a) ** 0.5 * eps) / a**0.5
+    sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5  # Song et al. Eq. 16
+    expected = a_prev**0.5 * x0 + (1 - a_prev - sigma**2) ** 0.5 * eps + sigma * noise
+    torch.testing.assert_close(record["z_prev"], expected)
 
 
 def test_classifier_free_guidance_endpoints():

@@ -76,23 +76,40 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
     assert not checkpoint.exists(), "a finished run removes its checkpoint"
 
 
-def test_ema_returns_the_average_of_the_weights(tmp_path):
+def test_ema_closed_forms(tmp_path):
+    # decay 0 keeps only the latest weights; decay 1 keeps the first average, the weights after step 1
     plain, _ = _toy_run(tmp_path, steps=30)
-    averaged, _ = _toy_run(tmp_path, steps=30, ema_decay=0.5)
-    # same trajectory (same seeds), so the EMA differs from the last weights but not by much
-    difference = (plain[0].weight - averaged[0].weight).abs().max().item()
-    assert 0 < difference < 0.1
+    after_one, _ = _toy_run(tmp_path, steps=1)
+    latest, _ = _toy_run(tmp_path, steps=30, ema_decay=0.0)
+    first, _ = _toy_run(tmp_path, steps=30, ema_decay=1.0)
+    for a, b in zip(plain.parameters(), latest.parameters()):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(after_one.parameters(), first.parameters()):
+        torch.testing.assert_close(a, b)
+    halfway, _ = _toy_run(tmp_path, steps=30, ema_decay=0.5)
+    assert not torch.allclose(halfway[0].weight, plain[0].weight)
 
 
-def test_train_steps_a_discriminator_with_its_own_loss():
-    model, critic = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
-    before = critic.weight.detach().clone()
-    x = torch.ones(4, 1)
-    train(model, lambda step: ((model(x) - 1) ** 2).mean(), steps=1, lr=0.1, desc="g")
-    assert torch.equal(critic.weight, before)
-    train(model, lambda step: (((model(x) - 1) ** 2).mean(), {}, critic(model(x).detach()).mean()),
-          steps=3, lr=0.1, desc="gan", discriminator=critic)
-    assert not torch.equal(critic.weight, before)
+def test_train_steps_a_discriminator_with_its_own_loss_only():
+    x = torch.linspace(-1, 1, 8)[:, None]
+
+    def run(with_critic: bool):
+        torch.manual_seed(0)
+        model, critic = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+        before = critic.weight.detach().clone()
+
+        def loss_fn(step):
+            loss = ((model(x) - 2 * x) ** 2).mean()
+            return (loss, {}, critic(model(x).detach()).pow(2).mean()) if with_critic else loss
+
+        train(model, loss_fn, steps=5, lr=0.1, desc="gan", discriminator=critic if with_critic else None)
+        return model, not torch.equal(critic.weight, before)
+
+    plain, critic_moved_plain = run(False)
+    adversarial, critic_moved = run(True)
+    assert critic_moved and not critic_moved_plain
+    for a, b in zip(plain.parameters(), adversarial.parameters()):
+        torch.testing.assert_close(a, b)  # the discriminator's loss never reaches the model
 
 
 def test_save_atomic_leaves_no_temporary_file(tmp_path):
