@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .schedules import rng_device
+
 
 class ClassEmbedder(nn.Module):
     """A class label as one context token: y (B,) int64 in [0, num_classes] -> (B, 1, d_context).
@@ -40,6 +42,5 @@ class ClassEmbedder(nn.Module):
 
     def drop(self, y: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
         """Condition dropout: each label replaced by the null label with probability p. (B,) -> (B,)."""
-        device = generator.device if generator is not None else y.device
-        keep = (torch.rand(y.shape, generator=generator, device=device) >= p).to(y.device)
+        keep = (torch.rand(y.shape, generator=generator, device=rng_device(generator, y.device)) >= p).to(y.device)
         return torch.where(keep, y, self.null(len(y), y.device))

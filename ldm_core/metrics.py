@@ -22,6 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from .schedules import rng_device
+
 
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Peak signal-to-noise ratio per image: 10 log10(data_range^2 / MSE), in dB.
@@ -71,8 +73,7 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
     """Light augmentation: translate each image by up to ``max_shift`` pixels, filling with the background -1."""
     B, _, height, width = x.shape
     padded = F.pad(x, (max_shift,) * 4, value=-1.0)
-    device = generator.device if generator is not None else x.device
-    dx, dy = torch.randint(0, 2 * max_shift + 1, (2, B), generator=generator, device=device).tolist()
+    dx, dy = torch.randint(0, 2 * max_shift + 1, (2, B), generator=generator, device=rng_device(generator, x.device)).tolist()
     return torch.stack([padded[i, :, dy[i]:dy[i] + height, dx[i]:dx[i] + width] for i in range(B)])
 
 

@@ -12,6 +12,7 @@ import torch
 
 from .autoencoder import Autoencoder
 from .samplers import classifier_free_guidance, ddim_sample, ddpm_sample, make_timesteps
+from .schedules import rng_device
 from .unet import Denoiser
 
 SAMPLERS = ("ddpm", "ddim")
@@ -74,8 +75,8 @@ class LatentDiffusion:
         if conditional == (labels is None) or (labels is None) == (n is None):
             raise ValueError("give labels for a conditional denoiser, or n for an unconditional one")
         batch = len(labels) if conditional else n
-        noise_device = generator.device if generator is not None else self.device
-        noise = torch.randn((batch, *self.latent_shape), generator=generator, device=noise_device).to(self.device)
+        noise = torch.randn((batch, *self.latent_shape), generator=generator,
+                            device=rng_device(generator, self.device)).to(self.device)
         model, cond = self.denoiser, None
         if conditional:
             cond = labels.to(self.device)

@@ -28,7 +28,7 @@ from .conditioning import ClassEmbedder
 from .data import load_mnist
 from .metrics import DigitClassifier, random_shift
 from .pipeline import LatentDiffusion
-from .schedules import alpha_bar_from_betas, linear_beta_schedule
+from .schedules import alpha_bar_from_betas, linear_beta_schedule, randn_like
 from .losses import PatchDiscriminator, PerceptualLoss, autoencoder_loss, digit_feature_layers
 from .train import Batches, diffusion_loss, save_atomic, train
 from .unet import Denoiser, UNet, UNetConfig
@@ -165,6 +165,13 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device).manual_seed(seed)
 
 
+def _seeded(seed: int, make: Callable[[], nn.Module]) -> nn.Module:
+    """``make()`` with the global RNG seeded (initial weights), restoring the caller's RNG afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
 @torch.no_grad()
 def latent_scale_factor(autoencoder: Autoencoder, x: torch.Tensor, generator: torch.Generator | None = None) -> float:
     """1 / std of latents z ~ q(z | x) over images x, one number over all elements (as the reference code
@@ -205,9 +212,7 @@ def autoencoder(budget: str | None = None, recipe: AutoencoderRecipe | None = No
         return history
 
     def build() -> Autoencoder:
-        with torch.random.fork_rng(devices=[]):  # seed the initial weights without touching the caller's RNG
-            torch.manual_seed(recipe.seed)
-            return Autoencoder(recipe.config)
+        return _seeded(recipe.seed, lambda: Autoencoder(recipe.config))
 
     return load_or_train("autoencoder", recipe, build, fit, device)
 
@@ -219,9 +224,7 @@ def classifier(budget: str | None = None, recipe: ClassifierRecipe | None = None
     device = get_device()
 
     def build() -> DigitClassifier:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe.seed)
-            return DigitClassifier(width=recipe.width)
+        return _seeded(recipe.seed, lambda: DigitClassifier(width=recipe.width))
 
     def fit(model: DigitClassifier, checkpoint: Path) -> dict:
         x, y = load_mnist("train")
@@ -258,10 +261,8 @@ def latent_diffusion(budget: str | None = None, conditional: bool = False) -> tu
     alpha_bar = alpha_bar_from_betas(linear_beta_schedule(recipe.T, recipe.beta_start, recipe.beta_end)).to(device)
 
     def build() -> Denoiser:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe.seed)
-            conditioner = ClassEmbedder(10, recipe.unet.d_context) if conditional else None
-            return Denoiser(UNet(recipe.unet), conditioner)
+        return _seeded(recipe.seed, lambda: Denoiser(UNet(recipe.unet),
+                                                     ClassEmbedder(10, recipe.unet.d_context) if conditional else None))
 
     def fit(model: Denoiser, checkpoint: Path) -> dict:
         x, y = load_mnist("train")
@@ -275,7 +276,7 @@ def latent_diffusion(budget: str | None = None, conditional: bool = False) -> tu
 
         def loss_fn(step: int) -> torch.Tensor:
             mean_b, std_b, y_b = batches(step)
-            z0 = scale * (mean_b + std_b * torch.randn(mean_b.shape, generator=generator, device=device))
+            z0 = scale * (mean_b + std_b * randn_like(mean_b, generator))
             cond = model.conditioner.drop(y_b, recipe.p_uncond, generator) if conditional else None
             return diffusion_loss(model, z0, alpha_bar, cond, generator)
 

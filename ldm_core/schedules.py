@@ -81,8 +81,12 @@ def alpha_bar_from_betas(betas: torch.Tensor) -> torch.Tensor:
 def randn_like(z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Standard normal noise shaped like z, drawn on the generator's device (so a CPU generator gives the
     same numbers whatever device z is on), then moved to z's device."""
-    device = generator.device if generator is not None else z.device
-    return torch.randn(z.shape, generator=generator, device=device, dtype=z.dtype).to(z.device)
+    return torch.randn(z.shape, generator=generator, device=rng_device(generator, z.device), dtype=z.dtype).to(z.device)
+
+
+def rng_device(generator: torch.Generator | None, default: torch.device | str) -> torch.device | str:
+    """Where random numbers from ``generator`` must be drawn: its own device, or ``default`` without one."""
+    return generator.device if generator is not None else default
 
 
 def _gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

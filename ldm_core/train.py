@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from .schedules import q_sample, randn_like
+from .schedules import q_sample, randn_like, rng_device
 
 
 class Batches:
@@ -67,7 +67,7 @@ def diffusion_loss(model: nn.Module, z0: torch.Tensor, alpha_bar: torch.Tensor, 
         scalar loss.
     """
     B, T = z0.shape[0], alpha_bar.shape[0]
-    t = torch.randint(0, T, (B,), generator=generator, device=generator.device if generator else z0.device).to(z0.device)
+    t = torch.randint(0, T, (B,), generator=generator, device=rng_device(generator, z0.device)).to(z0.device)
     eps = randn_like(z0, generator)
     z_t = q_sample(z0, t, eps, alpha_bar)
     return (model(z_t, t, cond) - eps).pow(2).mean()
