@@ -8,6 +8,8 @@ condition says.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 
@@ -58,11 +60,36 @@ class Attention(nn.Module):
         return self.to_out(out)
 
 
+def position_encoding_2d(height: int, width: int, channels: int) -> torch.Tensor:
+    """Fixed sinusoidal encoding of each position (row, column) of an h x w map, (h * w, channels), row-major:
+    half the channels encode the row and half the column, each as cos and sin of the index at geometrically
+    spaced frequencies 10000^(-k / (channels / 4)) (Vaswani et al. 2017, Sec. 3.5, once per axis). Values in
+    [-1, 1]; works for any h and w, so the network stays fully convolutional. ``channels`` must be divisible by 4."""
+    if channels % 4:
+        raise ValueError(f"channels must be divisible by 4 for a 2-D sinusoidal encoding, got {channels}")
+    quarter = channels // 4
+    frequencies = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(quarter) / quarter)  # (channels/4,)
+
+    def encode(index: torch.Tensor) -> torch.Tensor:  # (n,) -> (n, channels / 2)
+        angles = index[:, None].float() * frequencies[None]
+        return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+    rows = torch.arange(height).repeat_interleave(width)
+    columns = torch.arange(width).repeat(height)
+    return torch.cat([encode(rows), encode(columns)], dim=1)
+
+
 class SpatialTransformer(nn.Module):
     """The LDM's transformer block on a feature map (paper Sec. 3.3, Fig. 3; reference code ``SpatialTransformer``).
 
-    GroupNorm -> 1x1 projection in -> flatten to tokens -> self-attention -> cross-attention to ``context``
-    -> feed-forward (each pre-LayerNorm, residual) -> 1x1 projection out (zero-initialised) -> + input.
+    GroupNorm -> 1x1 projection in -> flatten to tokens, + a fixed 2-D position encoding -> self-attention
+    -> cross-attention to ``context`` -> feed-forward (each pre-LayerNorm, residual) -> 1x1 projection out
+    (zero-initialised) -> + input.
+
+    The position encoding (:func:`position_encoding_2d`) is this book's addition: the reference code has none, and
+    its deep UNet learns where a feature is from the borders that zero padding reveals. The book's UNet is shallow,
+    and without it a token cannot tell the left half of a canvas from the right, so a caption like "3 left of 7"
+    could not be followed (chapter 5).
 
     Args:
         channels: C of the feature map.
@@ -79,6 +106,8 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         if channels % groups:
             raise ValueError(f"groups={groups} must divide channels={channels}")
+        if channels % 4:
+            raise ValueError(f"channels={channels} must be divisible by 4 (the 2-D position encoding)")
         self.norm = nn.GroupNorm(groups, channels)
         self.proj_in = nn.Conv2d(channels, channels, 1)
         self.norm1, self.self_attention = nn.LayerNorm(channels), Attention(channels, None, heads)
@@ -98,9 +127,39 @@ class SpatialTransformer(nn.Module):
                              f"{None if context is None else tuple(context.shape)}")
         B, C, height, width = x.shape
         tokens = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B, h*w, C)
+        tokens = tokens + position_encoding_2d(height, width, C).to(tokens)
         tokens = tokens + self.self_attention(self.norm1(tokens))
         if context is not None:
             tokens = tokens + self.cross_attention(self.norm2(tokens), context)
         tokens = tokens + self.feed_forward(self.norm3(tokens))
         out = tokens.transpose(1, 2).reshape(B, C, height, width)  # (B, C, h, w)
         return x + self.proj_out(out)
+
+
+@contextmanager
+def capture_cross_attention(model: nn.Module):
+    """Record the cross-attention weights of every :class:`SpatialTransformer` in ``model`` while open.
+
+    Yields a list that receives, at every call of each block, its weights as a CPU tensor (B, heads, h, w, M):
+    for each position (y, x) of that block's h x w feature map, how much it attends to each of the M context
+    tokens (a softmax over M: each map sums to 1 over tokens). Use it around sampling to see where each word of a
+    caption lands; with classifier-free guidance the batch holds the conditional half first.
+    """
+    maps: list[torch.Tensor] = []
+    blocks = [m for m in model.modules() if isinstance(m, SpatialTransformer) and m.d_context is not None]
+
+    def record(block: SpatialTransformer, args, output):
+        B, _, height, width = args[0].shape
+        weights = block.cross_attention.last_weights  # (B, heads, h*w, M)
+        maps.append(weights.view(B, weights.shape[1], height, width, weights.shape[-1]).cpu())
+
+    hooks = [block.register_forward_hook(record) for block in blocks]
+    for block in blocks:
+        block.cross_attention.keep_weights = True
+    try:
+        yield maps
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for block in blocks:
+            block.cross_attention.keep_weights, block.cross_attention.last_weights = False, None

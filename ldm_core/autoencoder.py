@@ -71,12 +71,14 @@ class DiagonalGaussian:
     Args:
         moments: (B, 2c, h, w), the encoder's output: mean, then log-variance, along channels.
             The log-variance is clamped to [-30, 20] (as in the reference code) so exp() stays finite.
+        deterministic: a point mass at the mean (std 0), as the reference code's ``deterministic=True``; used for
+            the identity first stage of pixel-space diffusion (:class:`PixelSpace`).
     """
 
-    def __init__(self, moments: torch.Tensor):
+    def __init__(self, moments: torch.Tensor, deterministic: bool = False):
         self.mean, logvar = moments.chunk(2, dim=1)  # (B, c, h, w) each
         self.logvar = logvar.clamp(-30.0, 20.0)
-        self.std = torch.exp(0.5 * self.logvar)
+        self.std = torch.zeros_like(self.mean) if deterministic else torch.exp(0.5 * self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """z = mean + std * eps, eps ~ N(0, I) (the reparameterisation trick). (B, c, h, w)."""
@@ -213,8 +215,40 @@ class Autoencoder(nn.Module):
             raise ValueError(f"z must be (B, {c}, h, w), got {tuple(z.shape)}")
         return self.decoder(z)
 
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+        """D(mode of q(z | x)) for images x (B, C, H, W) in [-1, 1], in batches, without gradients; returns
+        (B, C, H, W) on x's device, clamped to [-1, 1] (the image range)."""
+        device = self.scale_factor.device
+        return torch.cat([self.decode(self.encode(chunk.to(device)).mode()).clamp(-1, 1).to(x.device)
+                          for chunk in x.split(batch_size)])
+
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
         """Reconstruct x through a posterior sample. Returns (x_hat (B, C, H, W), posterior)."""
         posterior = self.encode(x)
         return self.decode(posterior.sample(generator)), posterior
 
+
+
+class PixelSpace(nn.Module):
+    """The identity "first stage": diffusion directly on pixels (the paper's LDM-1, f = 1, Sec. 4.1), with the
+    interface of :class:`Autoencoder` so that one pipeline and one training recipe serve both spaces.
+
+    ``encode`` returns a point mass at x (a deterministic :class:`DiagonalGaussian`), ``decode`` returns z, and
+    ``scale_factor`` is 1: pixels in [-1, 1] need no rescaling.
+    """
+
+    def __init__(self, in_channels: int = 1):
+        super().__init__()
+        self.config = AutoencoderConfig(in_channels=in_channels, channel_mult=(1,), latent_channels=in_channels)
+        self.register_buffer("scale_factor", torch.tensor(1.0))
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+        """x (B, C, H, W) -> a point mass at x."""
+        if x.dim() != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"x must be (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
+        return DiagonalGaussian(torch.cat([x, torch.zeros_like(x)], dim=1), deterministic=True)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The identity: z is already an image."""
+        return z

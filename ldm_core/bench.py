@@ -21,8 +21,8 @@ import torch
 
 from . import __version__, pretrained
 from .budget import BUDGETS, get_device
-from .data import load_mnist, to_unit_range
-from .metrics import accuracy, features, fid, kid, psnr, ssim
+from .data import load_mnist, random_captions
+from .metrics import accuracy, both_digits_correct, features, fid, kid, reconstruction_scores
 from .train import diffusion_loss
 from .unet import UNet
 
@@ -98,26 +98,29 @@ def measure(budget: str) -> dict:
     result = {"classifier_test_accuracy": accuracy(judge, x_test, y_test),
               "fid_floor_train_vs_test": fid(features(judge, x_train[subset]), test_features)}
 
+    # chapter 1's autoencoders on the test digits; the book's one (kl_f4) also reports its latent scaling
+    result["autoencoder"] = {}
+    for name, recipe in pretrained.autoencoder_study(budget).items():
+        model = pretrained.autoencoder(recipe=recipe).model
+        result["autoencoder"][name] = reconstruction_scores(model.reconstruct(x_test), x_test, judge)
     ae = pretrained.autoencoder(budget).model
-    device = get_device()
     with torch.no_grad():
-        posterior = ae.encode(x_test.to(device))
-        x_hat = ae.decode(posterior.mode()).cpu().clamp(-1, 1)
-        z = posterior.sample(torch.Generator(device).manual_seed(0))
-    result["autoencoder"] = {f"kl_f{ae.config.f}": {
-        "psnr": psnr(to_unit_range(x_hat), to_unit_range(x_test)).mean().item(),
-        "ssim": ssim(to_unit_range(x_hat), to_unit_range(x_test)).mean().item(),
-        "rfid": fid_kid(x_hat)[0],
-        "scale_factor": ae.scale_factor.item(),
-        "scaled_latent_std": (ae.scale_factor * z).std().item(),
-    }}
+        z = ae.encode(x_test.to(get_device())).sample(torch.Generator(get_device()).manual_seed(0))
+    result["autoencoder"][f"kl_f{ae.config.f}"].update(scale_factor=ae.scale_factor.item(),
+                                                        scaled_latent_std=(ae.scale_factor * z).std().item())
 
-    unconditional, _ = pretrained.latent_diffusion(budget, conditional=False)
     conditional, artifact = pretrained.latent_diffusion(budget, conditional=True)
     labels = torch.arange(n) % 10
     ldm = {}
-    x, _ = timed_samples(unconditional, n=n, sampler="ddim", steps=50)
-    ldm["fid"], ldm["kid"] = fid_kid(x)
+    # chapter 2: the unconditional model on latents and the same UNet on pixels, trained with equal FLOPs
+    for space, suffix in [("kl_f4", f"latent_f{ae.config.f}"), ("pixel", "pixel")]:
+        model, run = pretrained.latent_diffusion(budget, conditional=False, space=space)
+        x, ldm[f"samples_per_s_{suffix}"] = timed_samples(model, n=n, sampler="ddim", steps=50)
+        if space == "pixel":
+            ldm["fid_pixel"] = fid_kid(x)[0]
+        else:
+            ldm["fid"], ldm["kid"] = fid_kid(x)
+        ldm[f"train_steps_{suffix}"], ldm[f"train_seconds_{suffix}"] = run.recipe.steps, run.history["seconds"]
     for scale in (1, 3):
         x, per_s = timed_samples(conditional, labels, sampler="ddim", steps=50, guidance_scale=float(scale))
         ldm[f"cond_accuracy_guidance_{scale}"] = accuracy(judge, x, labels)
@@ -135,6 +138,15 @@ def measure(budget: str) -> dict:
     ldm["train_ms_per_step_pixel"] = train_ms_per_step(pixel_unet, (1, 32, 32), recipe.batch_size)
     ldm["samples"] = n
     result["ldm"] = ldm
+
+    # chapter 5: captions of seen and of held-out digit pairs, guidance 3, DDIM 50
+    text_ldm, _ = pretrained.text_diffusion(budget)
+    tokenizer = text_ldm.denoiser.conditioner.tokenizer
+    result["text2img"] = {"samples": n}
+    for pairs, key in [("seen", "both_correct_seen"), ("held_out", "both_correct_heldout")]:
+        digits, captions = random_captions(pairs, n, seed=0)
+        x, _ = timed_samples(text_ldm, tokenizer(captions), sampler="ddim", steps=50, guidance_scale=3.0)
+        result["text2img"][key] = both_digits_correct(judge, x, digits)
     return result
 
 

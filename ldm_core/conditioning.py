@@ -1,6 +1,11 @@
 """Conditioners tau_theta: they turn a condition y into context tokens (B, M, d_context) for cross-attention.
 
-Paper Eq. 3: the UNet attends to tau_theta(y). For class labels, tau_theta is a learned embedding and M = 1.
+Paper Eq. 3: the UNet attends to tau_theta(y). For class labels, tau_theta is a learned embedding and M = 1;
+for text, a word-level :class:`Tokenizer` and a small transformer (:class:`TextEncoder`) give one token per word.
+
+Every conditioner has the same interface: ``forward(y)`` -> (B, M, d_context); ``null(B)``, the null condition
+("no condition"), the one object used both for condition dropout in training (``drop``) and for the
+unconditional branch of classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -8,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .attention import Attention
 from .schedules import rng_device
 
 
@@ -44,3 +50,96 @@ class ClassEmbedder(nn.Module):
         """Condition dropout: each label replaced by the null label with probability p. (B,) -> (B,)."""
         keep = (torch.rand(y.shape, generator=generator, device=rng_device(generator, y.device)) >= p).to(y.device)
         return torch.where(keep, y, self.null(len(y), y.device))
+
+
+class Tokenizer:
+    """A word-level tokenizer over a fixed vocabulary: lower-case, split on spaces, one id per word, padded.
+
+    Id 0 is the padding token; the empty caption "" (all padding) is the null condition.
+
+    Args:
+        words: the vocabulary (every word a caption may use).
+        max_tokens: L, the length of every token sequence.
+
+    ``tokenizer(captions)``: a list of B strings -> int64 (B, L).
+
+    Raises:
+        ValueError: for a word outside the vocabulary or a caption longer than L words.
+    """
+
+    PAD = "<pad>"
+
+    def __init__(self, words, max_tokens: int = 8):
+        self.vocabulary = [self.PAD, *sorted(set(words))]
+        self.ids = {word: i for i, word in enumerate(self.vocabulary)}
+        self.max_tokens = max_tokens
+
+    def __len__(self) -> int:
+        return len(self.vocabulary)
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        rows = []
+        for text in captions:
+            words = text.lower().split()
+            unknown = [w for w in words if w not in self.ids]
+            if unknown:
+                raise ValueError(f"words {unknown} of {text!r} are not in the vocabulary {self.vocabulary[1:]}")
+            if len(words) > self.max_tokens:
+                raise ValueError(f"{text!r} has {len(words)} words; at most max_tokens={self.max_tokens}")
+            rows.append([self.ids[w] for w in words] + [0] * (self.max_tokens - len(words)))
+        return torch.tensor(rows, dtype=torch.int64).view(len(captions), self.max_tokens)
+
+    def words(self, tokens: torch.Tensor) -> list[str]:
+        """The words of one token sequence (L,), padding included: the labels of an attention map's columns."""
+        return [self.vocabulary[int(i)] for i in tokens]
+
+
+class TextEncoder(nn.Module):
+    """tau_theta for text: token embedding + learned position embedding, then pre-LayerNorm transformer blocks
+    (self-attention, feed-forward, each residual) and a final LayerNorm (Vaswani et al. 2017; the paper's text
+    encoder is the same kind of transformer, larger). Trained jointly with the UNet (paper Eq. 3).
+
+    Args:
+        tokenizer: the :class:`Tokenizer` whose ids it embeds.
+        d_context: width of the output tokens.
+        layers: transformer blocks.
+        heads: attention heads; must divide d_context.
+
+    ``forward(tokens)``: int64 (B, L) ids -> (B, L, d_context), one context token per word (padding included).
+
+    Raises:
+        ValueError: if tokens are not int64 (B, L) with ids in the vocabulary.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, d_context: int, layers: int = 2, heads: int = 4):
+        super().__init__()
+        self.tokenizer, self.d_context = tokenizer, d_context
+        self.token_embedding = nn.Embedding(len(tokenizer), d_context)
+        self.position_embedding = nn.Parameter(0.02 * torch.randn(tokenizer.max_tokens, d_context))
+        self.blocks = nn.ModuleList(nn.ModuleDict({
+            "norm1": nn.LayerNorm(d_context), "attention": Attention(d_context, None, heads),
+            "norm2": nn.LayerNorm(d_context),
+            "feed_forward": nn.Sequential(nn.Linear(d_context, 4 * d_context), nn.GELU(), nn.Linear(4 * d_context, d_context)),
+        }) for _ in range(layers))
+        self.norm = nn.LayerNorm(d_context)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        L = self.tokenizer.max_tokens
+        if tokens.dim() != 2 or tokens.dtype != torch.int64 or tokens.shape[1] != L:
+            raise ValueError(f"tokens must be int64 (B, {L}), got {tokens.dtype} {tuple(tokens.shape)}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= len(self.tokenizer)):
+            raise ValueError(f"token ids must lie in [0, {len(self.tokenizer) - 1}]")
+        h = self.token_embedding(tokens) + self.position_embedding  # (B, L, d)
+        for block in self.blocks:
+            h = h + block["attention"](block["norm1"](h))
+            h = h + block["feed_forward"](block["norm2"](h))
+        return self.norm(h)
+
+    def null(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """The null condition: the empty caption's tokens (all padding), (batch_size, L)."""
+        return self.tokenizer([""] * batch_size).to(device)
+
+    def drop(self, tokens: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Condition dropout: each caption replaced by the empty one with probability p. (B, L) -> (B, L)."""
+        keep = (torch.rand(tokens.shape[0], generator=generator, device=rng_device(generator, tokens.device)) >= p)
+        return torch.where(keep.to(tokens.device)[:, None], tokens, self.null(len(tokens), tokens.device))

@@ -58,3 +58,67 @@ def load_mnist(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     """Map images from [-1, 1] to [0, 1], clamping what lies outside."""
     return ((x + 1) / 2).clamp(0, 1)
+
+
+# ------------------------------------------------------------------------------------- two-digit canvases
+
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# {a}, {b}: the left and right digit as numerals; {A}, {B}: as words with their article ("a three", "an eight")
+CAPTION_TEMPLATES = ("{a} left of {b}", "{b} right of {a}", "{A} to the left of {B}", "{B} to the right of {A}",
+                     "{a} then {b}")
+# ordered (left, right) pairs never shown in training: every digit is once on the left and once on the right
+HELD_OUT_PAIRS = ((0, 5), (1, 8), (2, 4), (3, 7), (4, 9), (5, 1), (6, 2), (7, 0), (8, 6), (9, 3))
+PAIRS = {"seen": tuple((a, b) for a in range(10) for b in range(10) if (a, b) not in HELD_OUT_PAIRS),
+         "held_out": HELD_OUT_PAIRS}
+
+
+def caption(left: int, right: int, template: int) -> str:
+    """The caption of a canvas with digit ``left`` on the left and ``right`` on the right, in the phrasing
+    ``CAPTION_TEMPLATES[template]``: caption(3, 7, 0) = "3 left of 7", caption(3, 8, 3) = "an eight to the right
+    of a three"."""
+    def word(d: int) -> str:
+        return ("an " if d == 8 else "a ") + NUMBER_WORDS[d]  # by sound: "an eight", "a one"
+
+    return CAPTION_TEMPLATES[template].format(a=left, b=right, A=word(left), B=word(right))
+
+
+def two_digit_canvases(split: str, n: int, pairs: str = "seen", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Canvases of two real digits side by side, for the text-to-image task of chapter 5.
+
+    Each canvas puts a digit of class ``left`` on the left 32x32 half and one of class ``right`` on the right,
+    both drawn at random from ``split``; (left, right) is drawn uniformly from ``PAIRS[pairs]`` (``"seen"``: the
+    90 ordered pairs of training, ``"held_out"``: the 10 of ``HELD_OUT_PAIRS``). Deterministic given ``seed``.
+
+    Returns:
+        ``x``: float32 (n, 1, 32, 64) in [-1, 1]; ``digits``: int64 (n, 2), the (left, right) classes.
+
+    Raises:
+        ValueError: for an unknown split or pair set, or n < 1.
+    """
+    if pairs not in PAIRS:
+        raise ValueError(f"pairs must be one of {tuple(PAIRS)}, got {pairs!r}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    x, y = load_mnist(split)
+    generator = torch.Generator().manual_seed(seed)
+    table = torch.tensor(PAIRS[pairs])
+    digits = table[torch.randint(len(table), (n,), generator=generator)]  # (n, 2)
+    by_class = [torch.nonzero(y == d).flatten() for d in range(10)]
+    halves = []
+    for side in range(2):
+        picks = [by_class[d][torch.randint(len(by_class[d]), (1,), generator=generator)] for d in digits[:, side].tolist()]
+        halves.append(x[torch.cat(picks)])
+    return torch.cat(halves, dim=3), digits
+
+
+def random_captions(pairs: str, n: int, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """n ordered digit pairs drawn uniformly from ``PAIRS[pairs]``, each captioned in a random phrasing: the
+    prompts of chapter 5's measurements. Returns (digits int64 (n, 2) as (left, right), captions). Deterministic
+    given ``seed``."""
+    if pairs not in PAIRS:
+        raise ValueError(f"pairs must be one of {tuple(PAIRS)}, got {pairs!r}")
+    generator = torch.Generator().manual_seed(seed)
+    table = torch.tensor(PAIRS[pairs])
+    digits = table[torch.randint(len(table), (n,), generator=generator)]
+    phrasing = torch.randint(len(CAPTION_TEMPLATES), (n,), generator=generator).tolist()
+    return digits, [caption(a, b, p) for (a, b), p in zip(digits.tolist(), phrasing)]

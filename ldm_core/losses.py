@@ -23,7 +23,7 @@ def autoencoder_loss(autoencoder, x: torch.Tensor, regularization_weight: float,
                      adversarial_weight: float = 0.5) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
     """The first stage's loss (paper Appendix G; Esser et al. 2021, Eq. 5-7), per image, averaged over the batch:
 
-    L_rec = ||x - D(z)||_1 + perceptual_weight * P(x, D(z))                      z ~ q(z | x)
+    L_rec = ||x - D(z)||_1 + perceptual_weight * C H W * P(x, D(z))              z ~ q(z | x)
     loss  = L_rec + regularization_weight * R + adversarial_weight * lambda * (-D_psi(D(z)))
 
     R is the KL to N(0, I) (KL-reg.; the paper's weight is 1e-6) or the codebook and commitment loss (VQ-reg.;
@@ -32,7 +32,9 @@ def autoencoder_loss(autoencoder, x: torch.Tensor, regularization_weight: float,
 
     Summing per image, as the reference code does, is what makes a KL weight of 1e-6 mean what it means in the
     paper (Sec. 3.1: "a slight KL-penalty"); with per-pixel means the same number would weigh the KL H * W * C
-    times more.
+    times more. The perceptual distance P (one number per image, like LPIPS) is added to every pixel's L1 term
+    in the reference code before that sum, hence the factor C H W: a perceptual weight of 1 means what it means
+    there.
 
     Args:
         autoencoder: an :class:`~ldm_core.autoencoder.Autoencoder`.
@@ -50,8 +52,8 @@ def autoencoder_loss(autoencoder, x: torch.Tensor, regularization_weight: float,
     rec = l1_loss(x, x_hat)  # (B,)
     logs = {"l1": rec.detach().mean().item() / x[0].numel()}
     if perceptual is not None:
-        distance = perceptual(x, x_hat)
-        rec = rec + perceptual_weight * distance
+        distance = perceptual(x, x_hat)  # (B,), a per-pixel-sized distance ...
+        rec = rec + perceptual_weight * distance * x[0].numel()  # ... added at every pixel, as the reference does
         logs["perceptual"] = distance.detach().mean().item()
     reg = posterior.regularization()  # (B,)
     logs["reg"] = reg.detach().mean().item()

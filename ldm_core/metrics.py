@@ -92,6 +92,15 @@ def accuracy(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((predict(classifier, x).cpu() == y.cpu()).float().mean())
 
 
+def both_digits_correct(classifier: nn.Module, x: torch.Tensor, digits: torch.Tensor) -> float:
+    """Fraction of two-digit canvases x (N, 1, 32, 64) in [-1, 1] whose left and right 32x32 halves the
+    classifier labels as ``digits`` (N, 2) = (left, right): chapter 5's text-to-image accuracy (chance: 1%)."""
+    if x.dim() != 4 or x.shape[1:] != (1, 32, 64) or digits.shape != (x.shape[0], 2):
+        raise ValueError(f"need x (N, 1, 32, 64) and digits (N, 2), got {tuple(x.shape)} and {tuple(digits.shape)}")
+    left, right = predict(classifier, x[..., :32]).cpu(), predict(classifier, x[..., 32:]).cpu()
+    return float(((left == digits[:, 0].cpu()) & (right == digits[:, 1].cpu())).float().mean())
+
+
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Structural similarity (Wang et al. 2004; 11x11 Gaussian window, sigma 1.5) per image, via torchmetrics.
 
@@ -139,6 +148,17 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         covmean = covmean.real  # rounding leaves a tiny imaginary part
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def reconstruction_scores(x_hat: torch.Tensor, x: torch.Tensor, classifier: DigitClassifier) -> dict[str, float]:
+    """How well reconstructions x_hat match images x, both (N, 1, 32, 32) in [-1, 1]: mean ``psnr`` (dB) and
+    ``ssim`` on [0, 1] images, and ``rfid``, the FID between the reconstructions and the originals in the
+    classifier's features (paired sets: 0 for perfect reconstructions, unlike a FID between independent sets)."""
+    if x_hat.shape != x.shape:
+        raise ValueError(f"x_hat and x must have the same shape, got {tuple(x_hat.shape)} and {tuple(x.shape)}")
+    unit_hat, unit = (x_hat.cpu() + 1) / 2, (x.cpu() + 1) / 2
+    return {"psnr": psnr(unit_hat, unit).mean().item(), "ssim": ssim(unit_hat, unit).mean().item(),
+            "rfid": fid(features(classifier, x_hat), features(classifier, x))}
 
 
 def fid(features_a: torch.Tensor, features_b: torch.Tensor) -> float:

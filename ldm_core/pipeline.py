@@ -23,13 +23,14 @@ class LatentDiffusion:
     autoencoder: Autoencoder  # frozen first stage; its scale_factor buffer maps E(x) to unit scale
     denoiser: Denoiser  # eps_theta(z_t, t, y)
     alpha_bar: torch.Tensor  # (T,) float64 schedule the denoiser was trained with
-    image_size: int = 32  # H = W of the images, in pixels
+    image_size: int | tuple[int, int] = 32  # H = W, or (H, W), of the images, in pixels
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        """(c, h, w) of the latents: h = w = image_size / f."""
+        """(c, h, w) of the latents: h = H / f, w = W / f."""
         config = self.autoencoder.config
-        return (config.latent_channels, self.image_size // config.f, self.image_size // config.f)
+        height, width = (self.image_size, self.image_size) if isinstance(self.image_size, int) else self.image_size
+        return (config.latent_channels, height // config.f, width // config.f)
 
     @property
     def T(self) -> int:
@@ -52,22 +53,27 @@ class LatentDiffusion:
     @torch.no_grad()
     def sample(self, labels: torch.Tensor | None = None, n: int | None = None, *, sampler: str = "ddim",
                steps: int = 50, eta: float = 0.0, guidance_scale: float = 1.0,
-               generator: torch.Generator | None = None,
+               generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                callback=None) -> torch.Tensor:
         """Draw images: noise z_T -> sampler -> z_0 -> decoder.
 
         Args:
-            labels: (B,) int64 class labels for a conditional denoiser (None for an unconditional one).
+            labels: the condition of a conditional denoiser, batch first: (B,) int64 class labels, or (B, L) caption
+                tokens for a text-conditional one (None for an unconditional denoiser).
             n: number of samples for an unconditional denoiser.
             sampler: ``"ddpm"`` (ancestral) or ``"ddim"``.
             steps: number of sampler steps, in [1, T], spaced by ``make_timesteps(T, steps)``.
             eta: DDIM's eta (ignored by ``"ddpm"``).
             guidance_scale: classifier-free guidance s; 1 is plain conditional sampling.
             generator: source of all randomness (a CPU generator gives the same samples on any device).
+            noise: the starting latents z_T (B, c, h, w); drawn from ``generator`` when None.
             callback: passed to the sampler.
 
         Returns:
             images (B, C, H, W), roughly in [-1, 1], on the CPU.
+
+        Raises:
+            ValueError: for an unknown sampler, labels/n that do not match the denoiser, or noise of the wrong shape.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -75,8 +81,12 @@ class LatentDiffusion:
         if conditional == (labels is None) or (labels is None) == (n is None):
             raise ValueError("give labels for a conditional denoiser, or n for an unconditional one")
         batch = len(labels) if conditional else n
-        noise = torch.randn((batch, *self.latent_shape), generator=generator,
-                            device=rng_device(generator, self.device)).to(self.device)
+        if noise is None:
+            noise = torch.randn((batch, *self.latent_shape), generator=generator,
+                                device=rng_device(generator, self.device))
+        elif noise.shape != (batch, *self.latent_shape):
+            raise ValueError(f"noise must be (B, c, h, w) = {(batch, *self.latent_shape)}, got {tuple(noise.shape)}")
+        noise = noise.to(self.device)
         model, cond = self.denoiser, None
         if conditional:
             cond = labels.to(self.device)

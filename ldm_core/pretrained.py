@@ -22,15 +22,15 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .autoencoder import Autoencoder, AutoencoderConfig
+from .autoencoder import Autoencoder, AutoencoderConfig, PixelSpace
 from .budget import get_budget, get_device
-from .conditioning import ClassEmbedder
-from .data import load_mnist
+from .conditioning import ClassEmbedder, TextEncoder, Tokenizer
+from .data import CAPTION_TEMPLATES, caption, load_mnist, two_digit_canvases
 from .metrics import DigitClassifier, random_shift
 from .pipeline import LatentDiffusion
-from .schedules import alpha_bar_from_betas, linear_beta_schedule, randn_like
+from .schedules import alpha_bar_from_betas, linear_beta_schedule, randn_like, rng_device
 from .losses import PatchDiscriminator, PerceptualLoss, autoencoder_loss, digit_feature_layers
-from .train import Batches, diffusion_loss, save_atomic, train
+from .train import Batches, diffusion_loss, save_atomic, train, training_flops
 from .unet import Denoiser, UNet, UNetConfig
 
 
@@ -47,7 +47,7 @@ class ClassifierRecipe:
 @dataclass(frozen=True)
 class AutoencoderRecipe:
     config: AutoencoderConfig = AutoencoderConfig()
-    steps: int = 800  # optimiser steps
+    steps: int = 400  # optimiser steps
     batch_size: int = 32
     lr: float = 1e-3
     kl_weight: float = 1e-6  # the paper's "slight" KL weight, with the per-image-sum reduction (VQ: weight 1)
@@ -74,6 +74,15 @@ class DiffusionRecipe:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class TextDiffusionRecipe:
+    diffusion: DiffusionRecipe  # UNet (d_context = the text width), schedule, optimiser, first stage
+    text_layers: int = 2  # transformer blocks of tau_theta
+    canvases: int = 8000  # two-digit training canvases, made once from the training digits (seen pairs only)
+    max_tokens: int = 8  # L, caption length in words
+    seed: int = 0
+
+
 # The full budget has not run yet (no GPU was available when these were written): its sizes are a first guess.
 _SMOKE_AE = AutoencoderRecipe(config=AutoencoderConfig.tiny(), steps=150, batch_size=32)
 _FULL_AE = AutoencoderRecipe(config=AutoencoderConfig(channels=64, channel_mult=(1, 2, 2)), steps=8000, batch_size=128)
@@ -85,9 +94,50 @@ CLASSIFIER_RECIPES = {
 }
 
 
-def diffusion_recipe(budget: str, conditional: bool) -> DiffusionRecipe:
-    """The latent diffusion recipe for a budget: the UNet's input channels are the autoencoder's latent channels,
-    and the conditional model attends to a label token of width d_context = the UNet's first width."""
+def autoencoder_study(budget: str) -> dict[str, AutoencoderRecipe]:
+    """The autoencoders chapter 1 compares: the book's (``kl_f4``, pixel loss and KL) and variants that each
+    change one thing, trained for the same number of steps on the same data with the same seed.
+
+    - the f sweep ``kl_f1``, ``kl_f2``, ``kl_f4``, ``kl_f8``: one level fewer or more (same c, same widths);
+    - ``vq_f4``: VQ regularisation instead of KL;
+    - the ablation ``kl_f4_perceptual`` (+ perceptual loss in the features of a second digit classifier,
+      trained with another seed so that the loss does not optimise the features rFID is measured in) and
+      ``kl_f4_perceptual_adversarial`` (+ a patch discriminator from half-way through training).
+    """
+    base = AUTOENCODER_RECIPES[budget]
+    mult = base.config.channel_mult
+
+    def levels(n: int) -> AutoencoderRecipe:  # f = 2 ** (n - 1); deeper levels repeat the last width
+        channel_mult = mult[:n] + (mult[-1],) * max(0, n - len(mult))
+        return dataclasses.replace(base, config=dataclasses.replace(base.config, channel_mult=channel_mult))
+
+    perceptual = dataclasses.replace(base, perceptual=dataclasses.replace(CLASSIFIER_RECIPES[budget], seed=1))
+    study = {f"kl_f{2 ** (n - 1)}": levels(n) for n in (1, 2, 3, 4)}  # kl_f4 is the book's at every budget
+    study["vq_f4"] = dataclasses.replace(base, config=dataclasses.replace(base.config, regularizer="vq"))
+    study["kl_f4_perceptual"] = perceptual
+    study["kl_f4_perceptual_adversarial"] = dataclasses.replace(perceptual, adversarial_weight=0.5,
+                                                                discriminator_start=base.steps // 2)
+    return study
+
+
+SPACES = ("kl_f4", "pixel", "kl_f2", "kl_f8")  # where diffusion can run: the book's latent space first
+
+
+def diffusion_recipe(budget: str, conditional: bool, space: str = "kl_f4") -> DiffusionRecipe:
+    """The diffusion recipe for a budget and a space.
+
+    ``space`` is ``"kl_f4"`` (the book's latent diffusion model), ``"pixel"`` (the same UNet on pixels, the
+    paper's LDM-1) or another KL autoencoder of :func:`autoencoder_study`. The UNet's input channels are the
+    space's channels; the conditional model attends to a label token of width d_context = the UNet's first width.
+    Outside ``kl_f4`` the number of training steps is chosen for *equal training compute*: the kl_f4 recipe's
+    steps times the ratio of FLOPs per step (:func:`ldm_core.train.training_flops`), so that every space gets
+    the same budget of arithmetic (and, on one machine, about the same wall-clock time).
+
+    Raises:
+        ValueError: for an unknown space.
+    """
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
     if budget == "smoke":
         recipe = DiffusionRecipe(autoencoder=_SMOKE_AE, unet=UNetConfig.tiny(), steps=150, batch_size=32,
                                  ema_decay=0.9)
@@ -98,7 +148,22 @@ def diffusion_recipe(budget: str, conditional: bool) -> DiffusionRecipe:
                                  steps=20000, batch_size=256, lr=2e-4, ema_decay=0.999)
     unet = dataclasses.replace(recipe.unet, in_channels=recipe.autoencoder.config.latent_channels,
                                d_context=recipe.unet.channels if conditional else None)
-    return dataclasses.replace(recipe, unet=unet, conditional=conditional)
+    recipe = dataclasses.replace(recipe, unet=unet, conditional=conditional)
+    if space == "kl_f4":
+        return recipe
+    first_stage = None if space == "pixel" else autoencoder_study(budget)[space]
+    channels, f = (1, 1) if first_stage is None else (first_stage.config.latent_channels, first_stage.config.f)
+    other = dataclasses.replace(recipe, autoencoder=first_stage, unet=dataclasses.replace(unet, in_channels=channels))
+    steps = round(recipe.steps * _flops(recipe, 32 // recipe.autoencoder.config.f) / _flops(other, 32 // f))
+    return dataclasses.replace(other, steps=max(steps, 1))
+
+
+def _flops(recipe: DiffusionRecipe, size: int) -> int:
+    """Training FLOPs per example of the recipe's denoiser on (c, size, size) inputs."""
+    model = _seeded(0, lambda: Denoiser(UNet(recipe.unet),
+                                        ClassEmbedder(10, recipe.unet.d_context) if recipe.conditional else None))
+    cond = torch.zeros(1, dtype=torch.int64) if recipe.conditional else None
+    return training_flops(model, torch.zeros(1, recipe.unet.in_channels, size, size), cond)
 
 
 # ---------------------------------------------------------------------------------------------------- the cache
@@ -241,23 +306,22 @@ def classifier(budget: str | None = None, recipe: ClassifierRecipe | None = None
     return load_or_train("classifier", recipe, build, fit, device)
 
 
-def latent_diffusion(budget: str | None = None, conditional: bool = False) -> tuple[LatentDiffusion, Artifact]:
+def latent_diffusion(budget: str | None = None, conditional: bool = False,
+                     space: str = "kl_f4") -> tuple[LatentDiffusion, Artifact]:
     """The latent diffusion model of the book: eps-prediction on scaled latents of :func:`autoencoder`.
 
     Args:
         budget: smoke | book | full; default :func:`get_budget`.
         conditional: class-conditional (cross-attention to a label token, 10% condition dropout).
+        space: ``"kl_f4"`` (the book's), ``"pixel"`` or another KL autoencoder; see :func:`diffusion_recipe`.
 
     Returns:
         (pipeline, artifact of the denoiser). Trains and caches the autoencoder too if it is missing.
     """
     budget = budget or get_budget()
-    recipe = diffusion_recipe(budget, conditional)
-    if recipe.autoencoder.config.regularizer != "kl":
-        raise ValueError("latent_diffusion trains on a KL autoencoder's posterior; got a "
-                         f"{recipe.autoencoder.config.regularizer!r} first stage")
-    first_stage = autoencoder(recipe=recipe.autoencoder).model
+    recipe = diffusion_recipe(budget, conditional, space)
     device = get_device()
+    first_stage = (PixelSpace() if recipe.autoencoder is None else autoencoder(recipe=recipe.autoencoder).model).to(device)
     alpha_bar = alpha_bar_from_betas(linear_beta_schedule(recipe.T, recipe.beta_start, recipe.beta_end)).to(device)
 
     def build() -> Denoiser:
@@ -285,3 +349,61 @@ def latent_diffusion(budget: str | None = None, conditional: bool = False) -> tu
 
     artifact = load_or_train("conditional-ldm" if conditional else "ldm", recipe, build, fit, device)
     return LatentDiffusion(first_stage, artifact.model, alpha_bar), artifact
+
+
+def text_recipe(budget: str) -> TextDiffusionRecipe:
+    """The text-to-image recipe: the class-conditional recipe's UNet and first stage, more steps (two digits
+    and their order are more to learn than one label)."""
+    base = diffusion_recipe(budget, conditional=True)
+    steps = {"smoke": 150, "book": 3000, "full": 30000}[budget]
+    return TextDiffusionRecipe(diffusion=dataclasses.replace(base, steps=steps),
+                               canvases={"smoke": 1000, "book": 8000, "full": 20000}[budget])
+
+
+def caption_tokenizer(max_tokens: int = 8) -> Tokenizer:
+    """The word-level tokenizer over every word the caption templates can produce."""
+    words = {w for a in range(10) for b in range(10) for t in range(len(CAPTION_TEMPLATES)) for w in caption(a, b, t).split()}
+    return Tokenizer(words, max_tokens)
+
+
+def text_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact]:
+    """The text-conditional LDM of chapter 5: 32x64 canvases of two digits, captioned in several phrasings,
+    encoded by the book's autoencoder (4x8x16 latents); the UNet cross-attends to the tokens of a jointly trained
+    :class:`~ldm_core.conditioning.TextEncoder`. Captions are drawn per step (a random phrasing per canvas),
+    10% of them replaced by the empty caption, the null condition.
+
+    Returns:
+        (pipeline with ``image_size=(32, 64)``, artifact); ``pipeline.denoiser.conditioner.tokenizer`` turns
+        captions into the ``labels`` that ``pipeline.sample`` takes.
+    """
+    recipe = text_recipe(budget or get_budget())
+    d = recipe.diffusion
+    first_stage = autoencoder(recipe=d.autoencoder).model
+    device = get_device()
+    alpha_bar = alpha_bar_from_betas(linear_beta_schedule(d.T, d.beta_start, d.beta_end)).to(device)
+    tokenizer = caption_tokenizer(recipe.max_tokens)
+
+    def build() -> Denoiser:
+        return _seeded(d.seed, lambda: Denoiser(UNet(d.unet), TextEncoder(tokenizer, d.unet.d_context, recipe.text_layers)))
+
+    def fit(model: Denoiser, checkpoint: Path) -> dict:
+        x, digits = two_digit_canvases("train", recipe.canvases, "seen", seed=recipe.seed)
+        with torch.no_grad():
+            posterior = [first_stage.encode(chunk.to(device)) for chunk in x.split(500)]
+        mean, std = torch.cat([p.mean for p in posterior]), torch.cat([p.std for p in posterior])
+        generator = _generator(d.seed, device)
+        batches = Batches(mean, std, digits, batch_size=d.batch_size, seed=d.seed)
+
+        def loss_fn(step: int) -> torch.Tensor:
+            mean_b, std_b, digits_b = batches(step)
+            z0 = first_stage.scale_factor * (mean_b + std_b * randn_like(mean_b, generator))
+            phrasing = torch.randint(len(CAPTION_TEMPLATES), (len(digits_b),), generator=generator,
+                                     device=rng_device(generator, device)).tolist()
+            tokens = tokenizer([caption(a, b, p) for (a, b), p in zip(digits_b.tolist(), phrasing)]).to(device)
+            return diffusion_loss(model, z0, alpha_bar, model.conditioner.drop(tokens, d.p_uncond, generator), generator)
+
+        return train(model, loss_fn, steps=d.steps, lr=d.lr, desc="text-to-image diffusion", ema_decay=d.ema_decay,
+                     generator=generator, checkpoint=checkpoint)
+
+    artifact = load_or_train("text-ldm", recipe, build, fit, device)
+    return LatentDiffusion(first_stage, artifact.model, alpha_bar, image_size=(32, 64)), artifact

@@ -177,3 +177,21 @@ def classifier_free_guidance(model: Model, guidance_scale: float, null_cond: Cal
         return eps_u + guidance_scale * (eps_c - eps_u)
 
     return guided
+
+
+def slerp(z_a: torch.Tensor, z_b: torch.Tensor, weight: float) -> torch.Tensor:
+    """Spherical interpolation between two noise tensors of the same shape (Shoemake 1985), over all elements:
+    sin((1 - w) theta) / sin(theta) * z_a + sin(w theta) / sin(theta) * z_b, theta the angle between them.
+
+    Gaussian noise in many dimensions lives near a sphere of radius sqrt(d); a straight line between two such
+    points passes well inside it (at w = 0.5 its norm is about 0.71 sqrt(d)), where the sampler has never seen
+    a starting point, while slerp stays near the sphere. weight in [0, 1]; returns z_a at 0 and z_b at 1.
+    """
+    if z_a.shape != z_b.shape:
+        raise ValueError(f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+    a, b = z_a.flatten().double(), z_b.flatten().double()
+    theta = torch.arccos((a @ b / (a.norm() * b.norm())).clamp(-1, 1))
+    if theta.abs() < 1e-6:  # (anti)parallel up to rounding: the sphere's arc is a line
+        return torch.lerp(z_a, z_b, weight)
+    mixed = (torch.sin((1 - weight) * theta) * a + torch.sin(weight * theta) * b) / torch.sin(theta)
+    return mixed.view_as(z_a).to(z_a.dtype)

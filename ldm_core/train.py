@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from .schedules import q_sample, randn_like, rng_device
@@ -71,6 +72,19 @@ def diffusion_loss(model: nn.Module, z0: torch.Tensor, alpha_bar: torch.Tensor, 
     eps = randn_like(z0, generator)
     z_t = q_sample(z0, t, eps, alpha_bar)
     return (model(z_t, t, cond) - eps).pow(2).mean()
+
+
+def training_flops(model: nn.Module, z0: torch.Tensor, cond=None) -> int:
+    """Floating-point operations of one training step of ``model`` on the batch ``z0``: the forward and backward
+    pass of :func:`diffusion_loss`, counted by ``torch.utils.flop_counter`` (matrix products and convolutions,
+    the bulk of the work; elementwise operations are not counted). Deterministic, unlike a wall-clock time,
+    so it can decide step counts; the optimiser's update is not included."""
+    alpha_bar = torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        diffusion_loss(model, z0, alpha_bar, cond, torch.Generator(z0.device).manual_seed(0)).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
 
 
 def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: str,

@@ -1,8 +1,10 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ldm_core.attention import Attention, SpatialTransformer
+from ldm_core.attention import Attention, SpatialTransformer, position_encoding_2d
 
 
 def reference(attention: Attention, x, context):
@@ -54,3 +56,15 @@ def test_spatial_transformer_starts_as_identity_and_keeps_shape():
     torch.testing.assert_close(block(x, torch.randn(2, 3, 6)), x)  # proj_out is zero-initialised
     with pytest.raises(ValueError, match=r"expects context \(B, M, 6\)"):
         block(x)
+
+
+def test_position_encoding_2d_closed_form_and_distinct_positions():
+    encoding = position_encoding_2d(3, 5, 8)  # (15, 8): [cos, sin] of the row, then of the column
+    assert encoding.shape == (15, 8) and encoding.abs().max() <= 1
+    row, column = 2, 4
+    expected = [math.cos(row), math.cos(row / 100), math.sin(row), math.sin(row / 100),
+                math.cos(column), math.cos(column / 100), math.sin(column), math.sin(column / 100)]
+    torch.testing.assert_close(encoding[row * 5 + column], torch.tensor(expected))
+    assert len({tuple(e.tolist()) for e in encoding}) == 15  # every position is told apart
+    with pytest.raises(ValueError, match="divisible by 4"):
+        position_encoding_2d(2, 2, 6)

@@ -3,10 +3,13 @@ import json
 from ldm_core.bench import main
 
 KEYS = {"budget", "device", "torch_version", "peak_rss_mb", "chapter_seconds", "classifier_test_accuracy",
-        "fid_floor_train_vs_test", "autoencoder", "ldm"}
-AUTOENCODER_KEYS = {"psnr", "ssim", "rfid", "scale_factor", "scaled_latent_std"}
+        "fid_floor_train_vs_test", "autoencoder", "ldm", "text2img"}
+AUTOENCODERS = {"kl_f1", "kl_f2", "kl_f4", "kl_f8", "vq_f4", "kl_f4_perceptual", "kl_f4_perceptual_adversarial"}
+SCORES = {"psnr", "ssim", "rfid"}
 LDM_KEYS = {"fid", "kid", "cond_accuracy_guidance_1", "cond_accuracy_guidance_3", "fid_ddim_50", "fid_ddpm_1000",
-            "ddim_50_samples_per_s", "ddpm_1000_samples_per_s", "train_ms_per_step_latent_f4", "train_ms_per_step_pixel"}
+            "ddim_50_samples_per_s", "ddpm_1000_samples_per_s", "train_ms_per_step_latent_f4", "train_ms_per_step_pixel",
+            "fid_pixel", "samples_per_s_latent_f4", "samples_per_s_pixel", "train_steps_latent_f4", "train_steps_pixel",
+            "train_seconds_latent_f4", "train_seconds_pixel"}
 
 
 def test_bench_writes_every_documented_key(tmp_path):
@@ -14,8 +17,11 @@ def test_bench_writes_every_documented_key(tmp_path):
     main(["--budget", "smoke", "--out", str(out), "--skip-chapters"])
     result = json.loads(out.read_text())
     assert KEYS <= set(result) and result["budget"] == "smoke"
-    assert AUTOENCODER_KEYS <= set(result["autoencoder"]["kl_f4"])
+    assert set(result["autoencoder"]) == AUTOENCODERS
+    assert all(SCORES <= set(scores) for scores in result["autoencoder"].values())
+    assert {"scale_factor", "scaled_latent_std"} <= set(result["autoencoder"]["kl_f4"])
     assert LDM_KEYS <= set(result["ldm"])
+    assert {"both_correct_seen", "both_correct_heldout"} <= set(result["text2img"])
     assert 0 <= result["classifier_test_accuracy"] <= 1
     # the cost claim the book makes: a step on 4x8x8 latents is cheaper than on 1x32x32 pixels
     assert result["ldm"]["train_ms_per_step_pixel"] > result["ldm"]["train_ms_per_step_latent_f4"]

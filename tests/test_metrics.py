@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ldm_core.metrics import DigitClassifier, accuracy, fid, frechet_distance, kid, psnr, random_shift, ssim
+from ldm_core.metrics import (DigitClassifier, accuracy, fid, frechet_distance, kid, psnr, random_shift,
+                              reconstruction_scores, ssim)
 
 
 def test_psnr_of_known_mse():
@@ -83,3 +84,15 @@ def test_kid_is_unbiased_and_detects_a_shift():
     assert min(draws) < 0 < max(draws), "an unbiased estimator of 0 takes both signs"
     shifted = kid(torch.randn(400, 8, generator=generator), torch.randn(400, 8, generator=generator) + 1)
     assert shifted > 20 * spread
+
+
+def test_reconstruction_scores_of_perfect_and_of_noisy_reconstructions():
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 32, 32) * 2 - 1
+    judge = DigitClassifier(width=8)
+    perfect = reconstruction_scores(x, x, judge)
+    assert perfect["psnr"] == float("inf") and perfect["ssim"] == pytest.approx(1.0) and abs(perfect["rfid"]) < 1e-6
+    noisy = reconstruction_scores((x + 0.2 * torch.randn_like(x)).clamp(-1, 1), x, judge)
+    assert noisy["psnr"] < 30 and noisy["ssim"] < 1 and noisy["rfid"] > perfect["rfid"]
+    with pytest.raises(ValueError, match="same shape"):
+        reconstruction_scores(x[:8], x, judge)

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -20,6 +22,51 @@ def test_budgets_change_sizes_not_code_path():
     assert [type(r) for r in recipes] == [pretrained.DiffusionRecipe] * 3
     assert recipes[0].steps < recipes[1].steps < recipes[2].steps
     assert all(r.conditional and r.unet.d_context for r in recipes)
+
+
+@pytest.mark.parametrize("budget", ["smoke", "book", "full"])
+def test_autoencoder_study_changes_one_thing_per_model(budget):
+    study = pretrained.autoencoder_study(budget)
+    base = pretrained.AUTOENCODER_RECIPES[budget]
+    assert study["kl_f4"] == base  # the book's autoencoder is the study's baseline
+    assert {name: r.config.f for name, r in study.items() if name.startswith("kl_f") and name[4:].isdigit()} == {
+        "kl_f1": 1, "kl_f2": 2, "kl_f4": 4, "kl_f8": 8}
+
+    def changed(recipe):  # the fields (of the recipe and of its config) that differ from the baseline
+        fields = {k for k in vars(base) if getattr(recipe, k) != getattr(base, k)} - {"config"}
+        return fields | {f"config.{k}" for k in vars(base.config) if getattr(recipe.config, k) != getattr(base.config, k)}
+
+    assert changed(study["kl_f8"]) == {"config.channel_mult"} and changed(study["vq_f4"]) == {"config.regularizer"}
+    assert changed(study["kl_f4_perceptual"]) == {"perceptual"}
+    assert study["kl_f4_perceptual"].perceptual.seed != pretrained.CLASSIFIER_RECIPES[budget].seed  # not the judge
+    assert changed(study["kl_f4_perceptual_adversarial"]) == {"perceptual", "adversarial_weight", "discriminator_start"}
+    assert len({r.steps for r in study.values()}) == 1
+
+
+def test_pixel_space_gets_the_same_training_flops_as_latent_space():
+    from ldm_core.train import training_flops
+    from ldm_core.unet import Denoiser, UNet
+
+    latent, pixel = (pretrained.diffusion_recipe("smoke", False, space) for space in ("kl_f4", "pixel"))
+    assert pixel.autoencoder is None and pixel.unet.in_channels == 1
+    assert dataclasses.replace(pixel.unet, in_channels=latent.unet.in_channels) == latent.unet  # the same UNet
+    f = latent.autoencoder.config.f
+    per_step = [training_flops(Denoiser(UNet(r.unet)), torch.zeros(1, r.unet.in_channels, size, size))
+                for r, size in [(latent, 32 // f), (pixel, 32)]]
+    assert per_step[1] > per_step[0]  # a pixel step costs more ...
+    # ... and the same total, up to rounding the number of steps
+    assert pixel.steps * per_step[1] == pytest.approx(latent.steps * per_step[0], rel=1 / pixel.steps)
+    with pytest.raises(ValueError, match="space must be one of"):
+        pretrained.diffusion_recipe("smoke", False, "vq_f4")
+
+
+def test_pixel_space_is_the_identity_first_stage():
+    from ldm_core.autoencoder import PixelSpace
+
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    posterior = PixelSpace().encode(x)
+    assert torch.equal(posterior.mode(), x) and torch.equal(posterior.sample(), x) and (posterior.std == 0).all()
+    assert torch.equal(PixelSpace().decode(x), x) and PixelSpace().config.f == 1
 
 
 def test_cache_trains_once_then_loads_the_same_weights():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ldm_core.samplers import SPACINGS, classifier_free_guidance, ddim_sample, ddpm_sample, make_timesteps
+from ldm_core.samplers import SPACINGS, classifier_free_guidance, ddim_sample, ddpm_sample, make_timesteps, slerp
 from ldm_core.schedules import alpha_bar_from_betas, linear_beta_schedule
 
 T = 1000
@@ -132,3 +132,18 @@ def test_classifier_free_guidance_endpoints():
     s = 3.0
     expected = model(z, t, null(4)) + s * (model(z, t, cond) - model(z, t, null(4)))
     torch.testing.assert_close(classifier_free_guidance(model, s, null)(z, t, cond), expected)
+
+
+def test_slerp_endpoints_and_norm_on_the_sphere():
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 2, 8, 8, generator=generator, dtype=torch.float64)
+    b = torch.randn(4, 2, 8, 8, generator=generator, dtype=torch.float64)
+    b = b - (a.flatten() @ b.flatten()) / (a.flatten() @ a.flatten()) * a  # orthogonal to a
+    b = b * a.norm() / b.norm()  # with the same norm: the arc is a quarter circle of radius |a|
+    torch.testing.assert_close(slerp(a, b, 0.0), a)
+    torch.testing.assert_close(slerp(a, b, 1.0), b)
+    middle = slerp(a, b, 0.5)
+    torch.testing.assert_close(middle.norm(), a.norm())  # stays on the sphere
+    torch.testing.assert_close(middle, (a + b) / 2 ** 0.5)  # cos(pi/4) a + sin(pi/4) b
+    with pytest.raises(ValueError, match="same shape"):
+        slerp(a, b[:2], 0.5)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ldm_core.schedules import alpha_bar_from_betas, linear_beta_schedule
-from ldm_core.train import Batches, diffusion_loss, save_atomic, train
+from ldm_core.train import Batches, diffusion_loss, save_atomic, train, training_flops
 
 
 def test_batches_cover_each_epoch_once_and_depend_only_on_the_step():
@@ -117,3 +117,20 @@ def test_save_atomic_leaves_no_temporary_file(tmp_path):
     save_atomic({"w": torch.ones(2)}, path)
     assert [p.name for p in path.parent.iterdir()] == ["a.pt"]
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
+
+
+def test_training_flops_of_a_linear_layer_is_forward_plus_weight_gradient():
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(8, 8, bias=False)
+
+        def forward(self, z_t, t, cond):
+            return self.layer(z_t)  # (B, 1, 8) -> (B, 1, 8)
+
+    model = Linear()
+    B = 5
+    # forward: B * 8 * 8 multiply-adds, 2 FLOPs each; backward: the weight's gradient, as many again (the input
+    # z_t needs no gradient)
+    assert training_flops(model, torch.randn(B, 1, 8)) == 2 * (2 * B * 8 * 8)
+    assert all(p.grad is None for p in model.parameters())  # it leaves no gradients behind
