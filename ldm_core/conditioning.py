@@ -119,7 +119,8 @@ class TextEncoder(nn.Module):
         self.blocks = nn.ModuleList(nn.ModuleDict({
             "norm1": nn.LayerNorm(d_context), "attention": Attention(d_context, None, heads),
             "norm2": nn.LayerNorm(d_context),
-            "feed_forward": nn.Sequential(nn.Linear(d_context, 4 * d_context), nn.GELU(), nn.Linear(4 * d_context, d_context)),
+            "feed_forward": nn.Sequential(nn.Linear(d_context, 4 * d_context), nn.GELU(),
+                                          nn.Linear(4 * d_context, d_context)),
         }) for _ in range(layers))
         self.norm = nn.LayerNorm(d_context)
 

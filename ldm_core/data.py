@@ -106,7 +106,8 @@ def two_digit_canvases(split: str, n: int, pairs: str = "seen", seed: int = 0) -
     by_class = [torch.nonzero(y == d).flatten() for d in range(10)]
     halves = []
     for side in range(2):
-        picks = [by_class[d][torch.randint(len(by_class[d]), (1,), generator=generator)] for d in digits[:, side].tolist()]
+        picks = [by_class[d][torch.randint(len(by_class[d]), (1,), generator=generator)]
+                 for d in digits[:, side].tolist()]
         halves.append(x[torch.cat(picks)])
     return torch.cat(halves, dim=3), digits
 

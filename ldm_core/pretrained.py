@@ -321,7 +321,8 @@ def latent_diffusion(budget: str | None = None, conditional: bool = False,
     budget = budget or get_budget()
     recipe = diffusion_recipe(budget, conditional, space)
     device = get_device()
-    first_stage = (PixelSpace() if recipe.autoencoder is None else autoencoder(recipe=recipe.autoencoder).model).to(device)
+    first_stage = PixelSpace() if recipe.autoencoder is None else autoencoder(recipe=recipe.autoencoder).model
+    first_stage = first_stage.to(device)
     alpha_bar = alpha_bar_from_betas(linear_beta_schedule(recipe.T, recipe.beta_start, recipe.beta_end)).to(device)
 
     def build() -> Denoiser:
@@ -362,7 +363,8 @@ def text_recipe(budget: str) -> TextDiffusionRecipe:
 
 def caption_tokenizer(max_tokens: int = 8) -> Tokenizer:
     """The word-level tokenizer over every word the caption templates can produce."""
-    words = {w for a in range(10) for b in range(10) for t in range(len(CAPTION_TEMPLATES)) for w in caption(a, b, t).split()}
+    words = {word for a in range(10) for b in range(10) for t in range(len(CAPTION_TEMPLATES))
+             for word in caption(a, b, t).split()}
     return Tokenizer(words, max_tokens)
 
 
@@ -384,7 +386,8 @@ def text_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact
     tokenizer = caption_tokenizer(recipe.max_tokens)
 
     def build() -> Denoiser:
-        return _seeded(d.seed, lambda: Denoiser(UNet(d.unet), TextEncoder(tokenizer, d.unet.d_context, recipe.text_layers)))
+        return _seeded(d.seed, lambda: Denoiser(UNet(d.unet),
+                                                TextEncoder(tokenizer, d.unet.d_context, recipe.text_layers)))
 
     def fit(model: Denoiser, checkpoint: Path) -> dict:
         x, digits = two_digit_canvases("train", recipe.canvases, "seen", seed=recipe.seed)
@@ -400,7 +403,8 @@ def text_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact
             phrasing = torch.randint(len(CAPTION_TEMPLATES), (len(digits_b),), generator=generator,
                                      device=rng_device(generator, device)).tolist()
             tokens = tokenizer([caption(a, b, p) for (a, b), p in zip(digits_b.tolist(), phrasing)]).to(device)
-            return diffusion_loss(model, z0, alpha_bar, model.conditioner.drop(tokens, d.p_uncond, generator), generator)
+            tokens = model.conditioner.drop(tokens, d.p_uncond, generator)
+            return diffusion_loss(model, z0, alpha_bar, tokens, generator)
 
         return train(model, loss_fn, steps=d.steps, lr=d.lr, desc="text-to-image diffusion", ema_decay=d.ema_decay,
                      generator=generator, checkpoint=checkpoint)
