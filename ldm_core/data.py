@@ -82,6 +82,14 @@ def caption(left: int, right: int, template: int) -> str:
     return CAPTION_TEMPLATES[template].format(a=left, b=right, A=word(left), B=word(right))
 
 
+def _draw_pairs(pairs: str, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n ordered (left, right) pairs drawn uniformly from ``PAIRS[pairs]``: int64 (n, 2)."""
+    if pairs not in PAIRS:
+        raise ValueError(f"pairs must be one of {tuple(PAIRS)}, got {pairs!r}")
+    table = torch.tensor(PAIRS[pairs])
+    return table[torch.randint(len(table), (n,), generator=generator)]
+
+
 def two_digit_canvases(split: str, n: int, pairs: str = "seen", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Canvases of two real digits side by side, for the text-to-image task of chapter 5.
 
@@ -95,14 +103,11 @@ def two_digit_canvases(split: str, n: int, pairs: str = "seen", seed: int = 0) -
     Raises:
         ValueError: for an unknown split or pair set, or n < 1.
     """
-    if pairs not in PAIRS:
-        raise ValueError(f"pairs must be one of {tuple(PAIRS)}, got {pairs!r}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    x, y = load_mnist(split)
     generator = torch.Generator().manual_seed(seed)
-    table = torch.tensor(PAIRS[pairs])
-    digits = table[torch.randint(len(table), (n,), generator=generator)]  # (n, 2)
+    digits = _draw_pairs(pairs, n, generator)  # (n, 2)
+    x, y = load_mnist(split)
     by_class = [torch.nonzero(y == d).flatten() for d in range(10)]
     halves = []
     for side in range(2):
@@ -116,10 +121,7 @@ def random_captions(pairs: str, n: int, seed: int = 0) -> tuple[torch.Tensor, li
     """n ordered digit pairs drawn uniformly from ``PAIRS[pairs]``, each captioned in a random phrasing: the
     prompts of chapter 5's measurements. Returns (digits int64 (n, 2) as (left, right), captions). Deterministic
     given ``seed``."""
-    if pairs not in PAIRS:
-        raise ValueError(f"pairs must be one of {tuple(PAIRS)}, got {pairs!r}")
     generator = torch.Generator().manual_seed(seed)
-    table = torch.tensor(PAIRS[pairs])
-    digits = table[torch.randint(len(table), (n,), generator=generator)]
+    digits = _draw_pairs(pairs, n, generator)
     phrasing = torch.randint(len(CAPTION_TEMPLATES), (n,), generator=generator).tolist()
     return digits, [caption(a, b, p) for (a, b), p in zip(digits.tolist(), phrasing)]

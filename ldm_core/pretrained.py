@@ -158,10 +158,19 @@ def diffusion_recipe(budget: str, conditional: bool, space: str = "kl_f4") -> Di
     return dataclasses.replace(other, steps=max(steps, 1))
 
 
+def _denoiser(recipe: DiffusionRecipe) -> Denoiser:
+    """A fresh denoiser for the recipe, its initial weights from the recipe's seed: the UNet, and for a
+    class-conditional recipe the label embedder."""
+    def make() -> Denoiser:
+        unet = UNet(recipe.unet)  # first: the order of construction decides the initial weights
+        return Denoiser(unet, ClassEmbedder(10, recipe.unet.d_context) if recipe.conditional else None)
+
+    return _seeded(recipe.seed, make)
+
+
 def _flops(recipe: DiffusionRecipe, size: int) -> int:
     """Training FLOPs per example of the recipe's denoiser on (c, size, size) inputs."""
-    model = _seeded(0, lambda: Denoiser(UNet(recipe.unet),
-                                        ClassEmbedder(10, recipe.unet.d_context) if recipe.conditional else None))
+    model = _denoiser(recipe)
     cond = torch.zeros(1, dtype=torch.int64) if recipe.conditional else None
     return training_flops(model, torch.zeros(1, recipe.unet.in_channels, size, size), cond)
 
@@ -326,8 +335,7 @@ def latent_diffusion(budget: str | None = None, conditional: bool = False,
     alpha_bar = alpha_bar_from_betas(linear_beta_schedule(recipe.T, recipe.beta_start, recipe.beta_end)).to(device)
 
     def build() -> Denoiser:
-        return _seeded(recipe.seed, lambda: Denoiser(UNet(recipe.unet),
-                                                     ClassEmbedder(10, recipe.unet.d_context) if conditional else None))
+        return _denoiser(recipe)
 
     def fit(model: Denoiser, checkpoint: Path) -> dict:
         x, y = load_mnist("train")
