@@ -24,10 +24,28 @@ book: $(STAMP)
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute
 	TQDM_DISABLE=1 LDM_STATIC_HTML=1 $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 
-# Unit tests and every notebook cell under nbval, at the smoke budget; each chapter gets an empty cache
-# (book/conftest.py), so each shows it runs alone.
-test: $(STAMP)
-	LDM_BUDGET=smoke $(BIN)/python -m pytest tests --nbval-lax $(NOTEBOOKS)
+# The browser test drives Debian's Chromium (no browser download); installed here when missing (root or sudo).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+SMOKE := _build/smoke
+
+$(CHROMIUM):
+	$(SUDO) apt-get install -y --no-install-recommends chromium || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
+
+# Everything at the smoke budget, in three steps:
+# 1. every notebook cell under nbval, each chapter in a fresh kernel with an empty cache (book/conftest.py), so
+#    each shows it runs alone; the models they train are gathered in $(SMOKE)/cache;
+# 2. the book, built from those models as `make book` builds it (warnings are errors);
+# 3. the unit tests, the benchmark's test (from a copy of those models) and the browser test over every page of
+#    that build (tests/browser).
+test: $(STAMP) $(CHROMIUM)
+	rm -rf $(SMOKE)
+	LDM_BUDGET=smoke LDM_SMOKE_CACHE=$(CURDIR)/$(SMOKE)/cache $(BIN)/python -m pytest --nbval-lax $(NOTEBOOKS)
+	LDM_BUDGET=smoke LDM_CACHE=$(CURDIR)/$(SMOKE)/cache TQDM_DISABLE=1 LDM_STATIC_HTML=1 \
+		$(BIN)/jupyter-book build . --path-output $(SMOKE) --warningiserror --nitpick --keep-going
+	LDM_BUDGET=smoke LDM_SMOKE_CACHE=$(CURDIR)/$(SMOKE)/cache LDM_BOOK_HTML=$(CURDIR)/$(SMOKE)/_build/html \
+		LDM_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest tests
 
 clean:
 	rm -rf _build

@@ -23,5 +23,13 @@ def pytest_runtest_setup(item):
 
 
 def pytest_sessionfinish(session):
+    """Delete the chapters' caches; with LDM_SMOKE_CACHE set (by `make test`), first gather the models they trained
+    there, for the book build that follows."""
+    keep = os.environ.get("LDM_SMOKE_CACHE")
     for folder in _caches.values():
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            for name in os.listdir(folder):
+                if name.endswith(".pt") and not name.endswith(".partial.pt"):
+                    shutil.copy2(os.path.join(folder, name), os.path.join(keep, name))
         shutil.rmtree(folder, ignore_errors=True)

@@ -29,8 +29,8 @@ from .unet import UNet
 BOOK = Path(__file__).resolve().parents[1] / "book"
 # samples per generated set: FID grows as N shrinks, so all generated sets use the same N; the floor and rFID
 # compare 1,000-image sets (training digits, reconstructions) with the 1,000 test digits
-SAMPLES = {"smoke": 100, "book": 500, "full": 1000}
-KID_SUBSET = {"smoke": 100, "book": 250, "full": 500}
+SAMPLES = {"smoke": 30, "book": 500, "full": 1000}
+KID_SUBSET = {"smoke": 30, "book": 250, "full": 500}
 
 
 def run_chapters(budget: str) -> dict:
