@@ -1,7 +1,7 @@
 """A Sphinx extension for pages that work offline with a clean browser console (checked by tests/browser).
 
 sphinx-thebe adds its inline configuration script to every page twice, and the second copy fails in the browser
-("Identifier 'THEBE_JS_URL' has already been declared"): the copies differ only in their priority. Keep the first
+("Identifier 'THEBE_JS_URL' has already been declared"): one copy has filename None, the other "". Keep the first
 copy of each script (same file, same attributes and body).
 """
 
@@ -9,7 +9,7 @@ copy of each script (same file, same attributes and body).
 def _unique_scripts(app, pagename, templatename, context, doctree):
     seen, unique = set(), []
     for script in context.get("script_files", []):
-        key = (script.filename, tuple(sorted(script.attributes.items())))
+        key = (script.filename or "", tuple(sorted(script.attributes.items())))
         if key not in seen:
             seen.add(key)
             unique.append(script)
@@ -17,5 +17,6 @@ def _unique_scripts(app, pagename, templatename, context, doctree):
 
 
 def setup(app):
-    app.connect("html-page-context", _unique_scripts, priority=900)
+    # early: Sphinx stops calling html-page-context handlers once one returns a template name
+    app.connect("html-page-context", _unique_scripts, priority=100)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
