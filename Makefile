@@ -24,7 +24,8 @@ book: $(STAMP)
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute
 	TQDM_DISABLE=1 LDM_STATIC_HTML=1 $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 
-# The browser test drives Debian's Chromium (no browser download); installed here when missing (root or sudo).
+# The browser test drives Debian's Chromium (no browser download): installed here with apt when missing (needs root
+# or sudo); elsewhere install a Chromium yourself and run `make test CHROMIUM=/path/to/chromium`.
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 SMOKE := _build/smoke
@@ -32,6 +33,7 @@ SMOKE := _build/smoke
 $(CHROMIUM):
 	$(SUDO) apt-get install -y --no-install-recommends chromium || \
 		($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
+	test -x $(CHROMIUM)
 
 # Everything at the smoke budget, in three steps:
 # 1. every notebook cell under nbval, each chapter in a fresh kernel with an empty cache (book/conftest.py), so

@@ -15,8 +15,8 @@ LDM_KEYS = {"fid", "kid", "cond_accuracy_guidance_1", "cond_accuracy_guidance_3"
 
 
 def test_bench_writes_every_documented_key(tmp_path):
-    # `make test` sets LDM_SMOKE_CACHE to the models its smoke book build trained: start from a copy of them, so
-    # the benchmark measures rather than trains again (alone, it trains them itself, the same way)
+    # `make test` sets LDM_SMOKE_CACHE to the models its nbval run of the chapters trained: start from a copy of
+    # them, so the benchmark measures rather than trains again (alone, it trains them itself, the same way)
     if os.environ.get("LDM_SMOKE_CACHE"):
         shutil.copytree(os.environ["LDM_SMOKE_CACHE"], os.environ["LDM_CACHE"], dirs_exist_ok=True)
     out = tmp_path / "bench.json"

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
 CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
@@ -34,13 +35,12 @@ def test_chapter_has_summary_exercises_figures_and_checks(path):
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_first_code_cell_installs_the_package_from_the_configured_repository(path):
     """The Colab path: the repository URL is set once, in _config.yml; each chapter's install cell uses it."""
-    import yaml
-
     repository = yaml.safe_load((BOOK.parent / "_config.yml").read_text())["repository"]
     cells = json.loads(path.read_text())["cells"]
     first = "".join(next(c for c in cells if c["cell_type"] == "code")["source"])
     assert 'find_spec("ldm_core") is None' in first, "install only where the package is missing"
     assert f'"ldm_core @ git+{repository["url"]}@{repository["branch"]}"' in first
-    assert "--editable" not in first and "torch" not in first.split("pip", 1)[1].split("]")[0], \
+    command = first.split("subprocess.run([", 1)[1].split("]", 1)[0]
+    assert "--editable" not in command and "torch" not in command, \
         "a non-editable install of ldm_core alone, so that Colab keeps its own torch"
     assert "ldm_core.__version__" in first

@@ -5,7 +5,7 @@ browser download) opens every page of the HTML from a local server, with every o
 Per page: no console or script errors, no request leaves localhost, every ``<img>`` loaded, no empty output
 area, and every slider player changes its picture when moved. Chapter pages also need their sliders, a Colab
 link to their notebook, and citations that link into the bibliography. The last test breaks a copy of a page on
-purpose and checks that these checks notice.
+purpose and checks that these checks notice each fault.
 """
 
 import contextlib
@@ -82,10 +82,11 @@ def site():
         yield base
 
 
-def check_page(browser, base: str, page_path: str) -> list[str]:
-    """Open ``base + page_path`` offline and return every problem found (an empty list: the page works)."""
+@contextlib.contextmanager
+def offline_page(browser, base: str):
+    """A fresh browser page that may load only from ``base``; yields (page, problems), where problems collects
+    every blocked request, console error and script error."""
     problems: list[str] = []
-    context = browser.new_context()
 
     def local_only(route):
         if route.request.url.startswith(base):
@@ -94,11 +95,24 @@ def check_page(browser, base: str, page_path: str) -> list[str]:
             problems.append(f"request that needs the network: {route.request.url}")
             route.abort()
 
+    def console(message):
+        if message.type == "error":
+            problems.append(f"console error: {message.text}")
+
+    context = browser.new_context()
     context.route("**/*", local_only)
     page = context.new_page()
-    page.on("console", lambda message: message.type == "error" and problems.append(f"console error: {message.text}"))
+    page.on("console", console)
     page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
     try:
+        yield page, problems
+    finally:
+        context.close()
+
+
+def check_page(browser, base: str, page_path: str) -> list[str]:
+    """Open ``base + page_path`` offline and return every problem found (an empty list: the page works)."""
+    with offline_page(browser, base) as (page, problems):
         page.goto(base + page_path, wait_until="load")
         page.wait_for_load_state("networkidle")
         problems += [f"image did not load: {src}" for src in page.evaluate(BROKEN_IMAGES)]
@@ -106,9 +120,7 @@ def check_page(browser, base: str, page_path: str) -> list[str]:
         if empty:
             problems.append(f"{empty} empty output area(s)")
         problems += check_sliders(page, SLIDERS.get(page_path, set()))
-    finally:
-        context.close()
-    return problems
+        return list(problems)
 
 
 def check_sliders(page, required: set[str]) -> list[str]:
@@ -144,7 +156,7 @@ def test_page_works_offline(browser, site, page_path):
     assert check_page(browser, site, page_path) == []
 
 
-def test_every_chapter_is_built_with_its_sliders():
+def test_every_chapter_and_every_slider_page_is_built():
     built = {p.removeprefix("book/").removesuffix(".html") for p in PAGES}
     assert set(CHAPTERS) <= built, f"chapters missing from the HTML: {sorted(set(CHAPTERS) - built)}"
     assert set(SLIDERS) <= set(PAGES)
@@ -156,34 +168,28 @@ def test_chapter_page_links_to_its_notebook_in_colab(browser, site, chapter):
     owner_repo = config["repository"]["url"].removeprefix("https://github.com/")
     expected = (f"{config['launch_buttons']['colab_url']}/github/{owner_repo}/blob/"
                 f"{config['repository']['branch']}/book/{chapter}.ipynb")
-    page = browser.new_page()
-    try:
+    with offline_page(browser, site) as (page, problems):
         page.goto(f"{site}book/{chapter}.html")
         links = [a.get_attribute("href") for a in page.locator("a[href*='colab.research.google.com']").all()]
-    finally:
-        page.close()
     assert links == [expected]
-    assert (ROOT / expected.split(f"/blob/{config['repository']['branch']}/", 1)[1]).is_file()
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_citations_link_into_the_bibliography(browser, site, chapter):
-    page = browser.new_page()
-    try:
+    with offline_page(browser, site) as (page, problems):
         page.goto(f"{site}book/bibliography.html")
         entries = set(page.evaluate("() => Array.from(document.querySelectorAll('[id]')).map(e => e.id)"))
         page.goto(f"{site}book/{chapter}.html")
         targets = [a.get_attribute("href") for a in page.locator("a[href^='bibliography.html#']").all()]
-    finally:
-        page.close()
     assert targets, f"{chapter} cites no paper through the bibliography"
     missing = [t for t in targets if t.split("#", 1)[1] not in entries]
     assert not missing, f"citations pointing nowhere: {missing}"
 
 
-def test_the_checks_catch_a_missing_image_and_a_static_slider(browser, tmp_path):
-    """Break a copy of chapter 2: one figure's file is gone, and the forward-process player becomes a plain
-    picture of its first frame. The same checks must report both."""
+def test_the_checks_catch_a_broken_page(browser, tmp_path):
+    """Break a copy of chapter 2: one figure's file is gone, the forward-process player becomes a plain picture of
+    its first frame, and the page gains a script from a CDN, a script that logs an error and an empty output
+    area. The same checks must report each."""
     copy = tmp_path / "html"
     shutil.copytree(HTML, copy)
     page = copy / "book" / "02_ldm_objective.html"
@@ -193,8 +199,14 @@ def test_the_checks_catch_a_missing_image_and_a_static_slider(browser, tmp_path)
     player = re.search(r'<div class="ldm-slider".*?</script></div>', text, re.S)
     assert 'data-slider="t"' in player.group(0)
     frame = re.search(r'<img [^>]*src="data:image/png;base64,[^"]+">', player.group(0)).group(0)
-    page.write_text(text[:player.start()] + frame + text[player.end():])
+    text = text[:player.start()] + frame + text[player.end():]
+    additions = ('<script src="https://cdn.example.org/widgets.js"></script><script>console.error("broken")</script>'
+                 '<div class="cell_output"><div class="output"></div></div></body>')
+    page.write_text(text.replace("</body>", additions, 1))
     with serve(copy) as base:
         problems = check_page(browser, base, "book/02_ldm_objective.html")
     assert any(p.startswith("image did not load") and figure.split("/")[-1] in p for p in problems), problems
     assert "no slider 't' (a static picture instead of a player?)" in problems, problems
+    assert "request that needs the network: https://cdn.example.org/widgets.js" in problems, problems
+    assert "console error: broken" in problems, problems
+    assert "1 empty output area(s)" in problems, problems
