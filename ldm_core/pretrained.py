@@ -158,12 +158,15 @@ def diffusion_recipe(budget: str, conditional: bool, space: str = "kl_f4") -> Di
     return dataclasses.replace(other, steps=max(steps, 1))
 
 
-def _denoiser(recipe: DiffusionRecipe) -> Denoiser:
-    """A fresh denoiser for the recipe, its initial weights from the recipe's seed: the UNet, and for a
-    class-conditional recipe the label embedder."""
+def _denoiser(recipe: DiffusionRecipe, conditioner: Callable[[], nn.Module] | None = None) -> Denoiser:
+    """A fresh denoiser for the recipe, its initial weights from the recipe's seed: the UNet, then the
+    conditioner, made by ``conditioner()`` if given, else the label embedder of a class-conditional recipe."""
+    if conditioner is None and recipe.conditional:
+        conditioner = lambda: ClassEmbedder(10, recipe.unet.d_context)  # noqa: E731
+
     def make() -> Denoiser:
         unet = UNet(recipe.unet)  # first: the order of construction decides the initial weights
-        return Denoiser(unet, ClassEmbedder(10, recipe.unet.d_context) if recipe.conditional else None)
+        return Denoiser(unet, conditioner() if conditioner else None)
 
     return _seeded(recipe.seed, make)
 
@@ -394,8 +397,7 @@ def text_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact
     tokenizer = caption_tokenizer(recipe.max_tokens)
 
     def build() -> Denoiser:
-        return _seeded(d.seed, lambda: Denoiser(UNet(d.unet),
-                                                TextEncoder(tokenizer, d.unet.d_context, recipe.text_layers)))
+        return _denoiser(d, lambda: TextEncoder(tokenizer, d.unet.d_context, recipe.text_layers))
 
     def fit(model: Denoiser, checkpoint: Path) -> dict:
         x, digits = two_digit_canvases("train", recipe.canvases, "seen", seed=recipe.seed)
