@@ -114,8 +114,11 @@ class TextEncoder(nn.Module):
     def __init__(self, tokenizer: Tokenizer, d_context: int, layers: int = 2, heads: int = 4):
         super().__init__()
         self.tokenizer, self.d_context = tokenizer, d_context
+        # CLIP's initialisation (Radford et al. 2021, openai/CLIP model.py): token std 0.02, position std 0.01.
+        # nn.Embedding's default (std 1) makes the word outweigh its place ~50 to 1, and the encoder a bag of words.
         self.token_embedding = nn.Embedding(len(tokenizer), d_context)
-        self.position_embedding = nn.Parameter(0.02 * torch.randn(tokenizer.max_tokens, d_context))
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        self.position_embedding = nn.Parameter(0.01 * torch.randn(tokenizer.max_tokens, d_context))
         self.blocks = nn.ModuleList(nn.ModuleDict({
             "norm1": nn.LayerNorm(d_context), "attention": Attention(d_context, None, heads),
             "norm2": nn.LayerNorm(d_context),

@@ -62,6 +62,16 @@ def test_text_encoder_shapes_null_and_dropout():
         encoder(tokens[:, :4])
 
 
+def test_text_encoder_starts_with_place_as_large_as_word():
+    # CLIP's initialisation: a word's place moves its vector about as much as a change of word (nn.Embedding's
+    # std-1 default would make the same word at two places ~3% apart: a bag of words, chapter 5)
+    torch.manual_seed(0)
+    encoder = TextEncoder(caption_tokenizer(), d_context=128, layers=0)
+    h = encoder(encoder.tokenizer(["3 3 7"]))[0]  # layers=0: the normalised sum of word and position embeddings
+    place, word = (h[0] - h[1]).norm() / h[0].norm(), (h[0] - h[2]).norm() / h[0].norm()
+    assert 0.3 < place < word < 3 * place
+
+
 def test_the_null_condition_of_training_is_the_unconditional_branch_of_guidance():
     tokenizer = caption_tokenizer()
     model = Denoiser(UNet(UNetConfig.tiny(d_context=16)), TextEncoder(tokenizer, 16))
