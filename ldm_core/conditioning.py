@@ -97,7 +97,8 @@ class Tokenizer:
 class TextEncoder(nn.Module):
     """tau_theta for text: token embedding + learned position embedding, then pre-LayerNorm transformer blocks
     (self-attention, feed-forward, each residual) and a final LayerNorm (Vaswani et al. 2017; the paper's text
-    encoder is the same kind of transformer, larger). Trained jointly with the UNet (paper Eq. 3).
+    encoder is the same kind of transformer, larger). Trained jointly with the UNet (paper Eq. 3). The embeddings
+    start as CLIP's (Radford et al. 2021): normal with std 0.02 for tokens, 0.01 for positions.
 
     Args:
         tokenizer: the :class:`Tokenizer` whose ids it embeds.
@@ -114,8 +115,8 @@ class TextEncoder(nn.Module):
     def __init__(self, tokenizer: Tokenizer, d_context: int, layers: int = 2, heads: int = 4):
         super().__init__()
         self.tokenizer, self.d_context = tokenizer, d_context
-        # CLIP's initialisation (Radford et al. 2021, openai/CLIP model.py): token std 0.02, position std 0.01.
-        # nn.Embedding's default (std 1) makes the word outweigh its place ~50 to 1, and the encoder a bag of words.
+        # CLIP's initialisation (Radford et al. 2021, openai/CLIP model.py): token std 0.02, position std 0.01, so
+        # that a word's place is not drowned by which word it is (nn.Embedding's std 1 would outweigh it ~100 to 1)
         self.token_embedding = nn.Embedding(len(tokenizer), d_context)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         self.position_embedding = nn.Parameter(0.01 * torch.randn(tokenizer.max_tokens, d_context))

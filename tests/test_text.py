@@ -62,9 +62,9 @@ def test_text_encoder_shapes_null_and_dropout():
         encoder(tokens[:, :4])
 
 
-def test_text_encoder_starts_with_place_as_large_as_word():
-    # CLIP's initialisation: a word's place moves its vector about as much as a change of word (nn.Embedding's
-    # std-1 default would make the same word at two places ~3% apart: a bag of words, chapter 5)
+def test_text_encoder_starts_with_place_comparable_to_word():
+    # CLIP's initialisation: a word's place moves its vector by about half as much as a change of word (with
+    # nn.Embedding's std-1 default the same word at two places would be ~1% apart: a bag of words, chapter 5)
     torch.manual_seed(0)
     encoder = TextEncoder(caption_tokenizer(), d_context=128, layers=0)
     h = encoder(encoder.tokenizer(["3 3 7"]))[0]  # layers=0: the normalised sum of word and position embeddings
