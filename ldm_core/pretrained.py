@@ -10,6 +10,7 @@ file, then rename) and loaded with ``weights_only=True``; a file that fails to l
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -162,7 +163,7 @@ def _denoiser(recipe: DiffusionRecipe, conditioner: Callable[[], nn.Module] | No
     """A fresh denoiser for the recipe, its initial weights from the recipe's seed: the UNet, then the
     conditioner, made by ``conditioner()`` if given, else the label embedder of a class-conditional recipe."""
     if conditioner is None and recipe.conditional:
-        conditioner = lambda: ClassEmbedder(10, recipe.unet.d_context)  # noqa: E731
+        conditioner = functools.partial(ClassEmbedder, 10, recipe.unet.d_context)
 
     def make() -> Denoiser:
         unet = UNet(recipe.unet)  # first: the order of construction decides the initial weights
