@@ -41,7 +41,7 @@ class Attention(nn.Module):
         self.keep_weights = False
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, N, d_query), context (B, M, d_context) or None -> (B, N, d_query)."""
+        """x (B, N, d_query), context (B, M, d_context) or None -> (B, N, d_query). Taught in chapter 3."""
         if x.dim() != 3 or x.shape[-1] != self.d_query:
             raise ValueError(f"x must be (B, N, {self.d_query}), got {tuple(x.shape)}")
         context = x if context is None else context
@@ -79,12 +79,49 @@ def position_encoding_2d(height: int, width: int, channels: int) -> torch.Tensor
     return torch.cat([encode(rows), encode(columns)], dim=1)
 
 
+class TransformerBlock(nn.Module):
+    """A pre-LayerNorm transformer block on tokens (Vaswani et al. 2017; reference code ``BasicTransformerBlock``):
+    self-attention, then cross-attention to ``context`` when ``d_context`` is set, then a feed-forward layer
+    (width 4x, GELU), each with a residual connection. The one block of the book: the UNet's
+    :class:`SpatialTransformer` runs it on the feature map's positions, and tau_theta for text
+    (:class:`~ldm_core.conditioning.TextEncoder`) on a caption's words.
+
+    Args:
+        width: width of the tokens.
+        d_context: width of the context tokens; None for self-attention only.
+        heads: attention heads; must divide ``width``.
+
+    ``forward(tokens, context=None)``: (B, N, width), context (B, M, d_context) -> (B, N, width).
+
+    Raises:
+        ValueError: in ``forward`` if the context is missing, unexpected or of the wrong shape.
+    """
+
+    def __init__(self, width: int, d_context: int | None, heads: int):
+        super().__init__()
+        self.d_context = d_context
+        self.norm1, self.self_attention = nn.LayerNorm(width), Attention(width, None, heads)
+        if d_context is not None:
+            self.norm2, self.cross_attention = nn.LayerNorm(width), Attention(width, d_context, heads)
+        self.norm3 = nn.LayerNorm(width)
+        self.feed_forward = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, tokens: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if (context is None) != (self.d_context is None):
+            raise ValueError(f"this block expects context (B, M, {self.d_context}), got "
+                             f"{None if context is None else tuple(context.shape)}")
+        tokens = tokens + self.self_attention(self.norm1(tokens))
+        if context is not None:
+            tokens = tokens + self.cross_attention(self.norm2(tokens), context)
+        return tokens + self.feed_forward(self.norm3(tokens))
+
+
 class SpatialTransformer(nn.Module):
     """The LDM's transformer block on a feature map (paper Sec. 3.3, Fig. 3; reference code ``SpatialTransformer``).
 
-    GroupNorm -> 1x1 projection in -> flatten to tokens, + a fixed 2-D position encoding -> self-attention
-    -> cross-attention to ``context`` -> feed-forward (each pre-LayerNorm, residual) -> 1x1 projection out
-    (zero-initialised) -> + input.
+    GroupNorm -> 1x1 projection in -> flatten to tokens, + a fixed 2-D position encoding -> a
+    :class:`TransformerBlock` (self-attention -> cross-attention to ``context`` -> feed-forward, each pre-LayerNorm,
+    residual) -> 1x1 projection out (zero-initialised) -> + input. Taught in chapter 3.
 
     The position encoding (:func:`position_encoding_2d`) is this book's addition: the reference code has none, and
     its deep UNet learns where a feature is from the borders that zero padding reveals. The book's UNet is shallow,
@@ -110,28 +147,18 @@ class SpatialTransformer(nn.Module):
             raise ValueError(f"channels={channels} must be divisible by 4 (the 2-D position encoding)")
         self.norm = nn.GroupNorm(groups, channels)
         self.proj_in = nn.Conv2d(channels, channels, 1)
-        self.norm1, self.self_attention = nn.LayerNorm(channels), Attention(channels, None, heads)
         self.d_context = d_context
-        if d_context is not None:
-            self.norm2, self.cross_attention = nn.LayerNorm(channels), Attention(channels, d_context, heads)
-        self.norm3 = nn.LayerNorm(channels)
-        self.feed_forward = nn.Sequential(nn.Linear(channels, 4 * channels), nn.GELU(), nn.Linear(4 * channels, channels))
+        self.block = TransformerBlock(channels, d_context, heads)
         self.proj_out = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.proj_out.weight)  # the block starts as the identity
         nn.init.zeros_(self.proj_out.bias)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, h, w), context (B, M, d_context) -> (B, C, h, w)."""
-        if (context is None) != (self.d_context is None):
-            raise ValueError(f"this block expects context (B, M, {self.d_context}), got "
-                             f"{None if context is None else tuple(context.shape)}")
         B, C, height, width = x.shape
         tokens = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B, h*w, C)
         tokens = tokens + position_encoding_2d(height, width, C).to(tokens)
-        tokens = tokens + self.self_attention(self.norm1(tokens))
-        if context is not None:
-            tokens = tokens + self.cross_attention(self.norm2(tokens), context)
-        tokens = tokens + self.feed_forward(self.norm3(tokens))
+        tokens = self.block(tokens, context)  # self-attention, cross-attention, feed-forward
         out = tokens.transpose(1, 2).reshape(B, C, height, width)  # (B, C, h, w)
         return x + self.proj_out(out)
 
@@ -150,16 +177,16 @@ def capture_cross_attention(model: nn.Module):
 
     def record(block: SpatialTransformer, args, output):
         B, _, height, width = args[0].shape
-        weights = block.cross_attention.last_weights  # (B, heads, h*w, M)
+        weights = block.block.cross_attention.last_weights  # (B, heads, h*w, M)
         maps.append(weights.view(B, weights.shape[1], height, width, weights.shape[-1]).cpu())
 
     hooks = [block.register_forward_hook(record) for block in blocks]
     for block in blocks:
-        block.cross_attention.keep_weights = True
+        block.block.cross_attention.keep_weights = True
     try:
         yield maps
     finally:
         for hook in hooks:
             hook.remove()
         for block in blocks:
-            block.cross_attention.keep_weights, block.cross_attention.last_weights = False, None
+            block.block.cross_attention.keep_weights, block.block.cross_attention.last_weights = False, None

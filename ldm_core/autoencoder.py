@@ -163,7 +163,7 @@ class Autoencoder(nn.Module):
     """KL- or VQ-regularised autoencoder: ``encode`` x (B, C, H, W) -> q(z | x) over (B, c, H/f, W/f); ``decode`` back.
 
     ``scale_factor`` (a buffer, 1.0 until set) is 1 / std of the training latents, computed from data by
-    :func:`ldm_core.pretrained.latent_scale_factor`; diffusion runs on ``scale_factor * z``.
+    :func:`latent_scale_factor`; diffusion runs on ``scale_factor * z``.
 
     Raises:
         ValueError: from :meth:`encode` if the input is not (B, C, H, W) with H and W divisible by f.
@@ -228,6 +228,32 @@ class Autoencoder(nn.Module):
         posterior = self.encode(x)
         return self.decode(posterior.sample(generator)), posterior
 
+
+@torch.no_grad()
+def latent_scale_factor(autoencoder: Autoencoder, x: torch.Tensor, generator: torch.Generator | None = None) -> float:
+    """1 / std of latents z ~ q(z | x) over images x, one number over all elements (as the reference code
+    computes it; the paper, Sec. 4.3.2 and Appendix G, speaks of the "component-wise standard deviation"), so
+    that scale_factor * z has unit variance. Taught in chapter 1.
+
+    Args:
+        autoencoder: a trained :class:`Autoencoder`.
+        x: images (N, C, H, W) in [-1, 1], N >= 2 (the training split).
+        generator: randomness of the posterior samples.
+
+    Returns:
+        a positive float.
+
+    Raises:
+        ValueError: if fewer than two images are given or the latents have no spread (std 0).
+    """
+    if len(x) < 2:
+        raise ValueError(f"need at least 2 images to estimate a std, got {len(x)}")
+    device = autoencoder.scale_factor.device
+    z = torch.cat([autoencoder.encode(chunk.to(device)).sample(generator) for chunk in x.split(500)])
+    std = float(z.flatten().std())
+    if not std > 0:
+        raise ValueError(f"the latents have std {std}: no scale factor can give them unit variance")
+    return 1.0 / std
 
 
 class PixelSpace(nn.Module):

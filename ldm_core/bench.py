@@ -3,7 +3,9 @@
     python -m ldm_core.bench --budget {smoke,book,full} --out PATH
 
 Runs every chapter at the budget (which trains and caches the models; a warm cache is reused), then measures
-the cached models. The keys are documented in README.md ("The benchmark").
+the cached models, one function per chapter, each through the calls the chapter itself makes
+(:mod:`ldm_core.evaluate`) with the sample counts of the budget table (:mod:`ldm_core.recipes`). The keys are
+documented in README.md ("The benchmark").
 """
 
 from __future__ import annotations
@@ -21,16 +23,14 @@ import torch
 
 from . import __version__, pretrained
 from .budget import BUDGETS, get_device
-from .data import load_mnist, random_captions
-from .metrics import accuracy, both_digits_correct, features, fid, kid, reconstruction_scores
+from .cache import cache_dir
+from .evaluate import Judge, measure_captions, measure_samples
+from .metrics import reconstruction_scores
+from .recipes import Budget, autoencoder_study, budget_table, diffusion_recipe
 from .train import diffusion_loss
 from .unet import UNet
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
-# samples per generated set: FID grows as N shrinks, so all generated sets use the same N; the floor and rFID
-# compare 1,000-image sets (training digits, reconstructions) with the 1,000 test digits
-SAMPLES = {"smoke": 30, "book": 500, "full": 1000}
-KID_SUBSET = {"smoke": 30, "book": 250, "full": 500}
 
 
 def run_chapters(budget: str) -> dict:
@@ -72,81 +72,77 @@ def train_ms_per_step(unet_config, shape: tuple, batch_size: int, steps: int = 5
     return 1000 * sum(times[2:]) / steps
 
 
-def timed_samples(ldm, labels: torch.Tensor | None = None, n: int | None = None, **kwargs) -> tuple[torch.Tensor, float]:
-    """Samples in batches of 100 (for ``labels``, or ``n`` unconditional ones) in [-1, 1], and samples per second."""
-    generator = torch.Generator().manual_seed(0)
-    batches = labels.split(100) if labels is not None else torch.arange(n).split(100)
-    start = time.perf_counter()
-    x = torch.cat([ldm.sample(batch, generator=generator, **kwargs) if labels is not None
-                   else ldm.sample(n=len(batch), generator=generator, **kwargs) for batch in batches])
-    return x.clamp(-1, 1), len(x) / (time.perf_counter() - start)
+def measure_autoencoders(row: Budget, judge: Judge) -> dict:
+    """Chapter 1: every autoencoder of the study on the test digits; the book's (kl_f4) with its latent scaling."""
+    result = {}
+    for name, recipe in autoencoder_study(row.name).items():
+        model = pretrained.autoencoder(recipe=recipe).model
+        result[name] = reconstruction_scores(model.reconstruct(judge.x_test), judge.x_test, judge.classifier)
+        if name == "kl_f4":
+            with torch.no_grad():
+                z = model.encode(judge.x_test.to(get_device())).sample(torch.Generator(get_device()).manual_seed(0))
+            result[name].update(scale_factor=model.scale_factor.item(),
+                                scaled_latent_std=(model.scale_factor * z).std().item())
+    return result
+
+
+def measure_unconditional(row: Budget, judge: Judge) -> dict:
+    """Chapter 2: the unconditional model on latents and the same UNet on pixels, trained with equal FLOPs."""
+    ldm = {}
+    for space, suffix in [("kl_f4", "latent_f4"), ("pixel", "pixel")]:
+        model, run = pretrained.latent_diffusion(row.name, conditional=False, space=space)
+        m = measure_samples(model, judge, row.samples, sampler="ddim", steps=50)
+        key = "fid" if space == "kl_f4" else "fid_pixel"
+        ldm[key], ldm[f"{key}_se"], ldm[f"samples_per_s_{suffix}"] = m["fid"], m["fid_se"], m["per_s"]
+        if space == "kl_f4":
+            ldm["kid"] = m["kid"]
+        ldm[f"train_steps_{suffix}"], ldm[f"train_seconds_{suffix}"] = run.recipe.steps, run.history["seconds"]
+    # cost per training step: the same UNet (no cross-attention) on latents and on pixels, same batch size
+    recipe = diffusion_recipe(row.name, conditional=False)
+    f = recipe.autoencoder.config.f
+    shape = (recipe.unet.in_channels, 32 // f, 32 // f)
+    ldm["train_ms_per_step_latent_f4"] = train_ms_per_step(recipe.unet, shape, recipe.batch_size)
+    pixel_unet = dataclasses.replace(recipe.unet, in_channels=1)
+    ldm["train_ms_per_step_pixel"] = train_ms_per_step(pixel_unet, (1, 32, 32), recipe.batch_size)
+    return ldm
+
+
+def measure_conditional(row: Budget, judge: Judge) -> dict:
+    """Chapter 3 (guidance 1 and 3, ``samples`` each) and chapter 4 (DDIM 50 against DDPM 1000, guidance 1,
+    ``sweep_samples`` each): the class-conditional model."""
+    model, _ = pretrained.latent_diffusion(row.name, conditional=True)
+    ldm = {}
+    for scale in (1, 3):
+        m = measure_samples(model, judge, row.samples, sampler="ddim", steps=50, guidance_scale=float(scale))
+        ldm[f"cond_accuracy_guidance_{scale}"] = m["accuracy"]
+    ddim = measure_samples(model, judge, row.sweep_samples, sampler="ddim", steps=50)
+    ddpm = measure_samples(model, judge, row.sweep_samples, sampler="ddpm", steps=model.T)
+    ldm["fid_ddim_50"], ldm["fid_ddim_50_se"], ldm["ddim_50_samples_per_s"] = ddim["fid"], ddim["fid_se"], ddim["per_s"]
+    ldm["fid_ddpm_1000"], ldm["fid_ddpm_1000_se"] = ddpm["fid"], ddpm["fid_se"]
+    ldm["ddpm_1000_samples_per_s"], ldm["cond_accuracy_ddpm_1000"] = ddpm["per_s"], ddpm["accuracy"]
+    return ldm
+
+
+def measure_text(row: Budget, judge: Judge) -> dict:
+    """Chapter 5: captions of seen and of held-out digit pairs, guidance 3, DDIM 50, ``samples`` each."""
+    text_ldm, _ = pretrained.text_diffusion(row.name)
+    result = {"samples": row.samples}
+    for pairs, key in [("seen", "both_correct_seen"), ("held_out", "both_correct_heldout")]:
+        result[key] = measure_captions(text_ldm, judge, pairs, row.samples, guidance_scale=3.0)["both_correct"]
+    return result
 
 
 def measure(budget: str) -> dict:
     """Every model-quality and cost number of the benchmark, from the cached models of ``budget``."""
-    n = SAMPLES[budget]
-    x_train, _ = load_mnist("train")
-    x_test, y_test = load_mnist("test")
-    judge = pretrained.classifier(budget).model
-    test_features = features(judge, x_test)
-    subset = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))[:len(x_test)]
-
-    def fid_kid(x: torch.Tensor) -> tuple[float, float]:
-        f = features(judge, x)
-        return fid(f, test_features), kid(f, test_features, subset_size=min(KID_SUBSET[budget], len(f)))
-
-    result = {"classifier_test_accuracy": accuracy(judge, x_test, y_test),
-              "fid_floor_train_vs_test": fid(features(judge, x_train[subset]), test_features)}
-
-    # chapter 1's autoencoders on the test digits; the book's one (kl_f4) also reports its latent scaling
-    result["autoencoder"], models = {}, {}
-    for name, recipe in pretrained.autoencoder_study(budget).items():
-        models[name] = pretrained.autoencoder(recipe=recipe).model
-        result["autoencoder"][name] = reconstruction_scores(models[name].reconstruct(x_test), x_test, judge)
-    ae = models["kl_f4"]  # the book's autoencoder
-    with torch.no_grad():
-        z = ae.encode(x_test.to(get_device())).sample(torch.Generator(get_device()).manual_seed(0))
-    result["autoencoder"][f"kl_f{ae.config.f}"].update(scale_factor=ae.scale_factor.item(),
-                                                        scaled_latent_std=(ae.scale_factor * z).std().item())
-
-    conditional, artifact = pretrained.latent_diffusion(budget, conditional=True)
-    labels = torch.arange(n) % 10
-    ldm = {}
-    # chapter 2: the unconditional model on latents and the same UNet on pixels, trained with equal FLOPs
-    for space, suffix in [("kl_f4", f"latent_f{ae.config.f}"), ("pixel", "pixel")]:
-        model, run = pretrained.latent_diffusion(budget, conditional=False, space=space)
-        x, ldm[f"samples_per_s_{suffix}"] = timed_samples(model, n=n, sampler="ddim", steps=50)
-        if space == "pixel":
-            ldm["fid_pixel"] = fid_kid(x)[0]
-        else:
-            ldm["fid"], ldm["kid"] = fid_kid(x)
-        ldm[f"train_steps_{suffix}"], ldm[f"train_seconds_{suffix}"] = run.recipe.steps, run.history["seconds"]
-    for scale in (1, 3):
-        x, per_s = timed_samples(conditional, labels, sampler="ddim", steps=50, guidance_scale=float(scale))
-        ldm[f"cond_accuracy_guidance_{scale}"] = accuracy(judge, x, labels)
-        if scale == 1:
-            ldm["fid_ddim_50"], ldm["ddim_50_samples_per_s"] = fid_kid(x)[0], per_s
-    x, ldm["ddpm_1000_samples_per_s"] = timed_samples(conditional, labels, sampler="ddpm", steps=conditional.T)
-    ldm["fid_ddpm_1000"] = fid_kid(x)[0]
-    ldm["cond_accuracy_ddpm_1000"] = accuracy(judge, x, labels)
-
-    # cost per training step: the same UNet (no cross-attention) on latents and on pixels, same batch size
-    recipe = artifact.recipe
-    unet = dataclasses.replace(recipe.unet, d_context=None)
-    ldm[f"train_ms_per_step_latent_f{ae.config.f}"] = train_ms_per_step(unet, conditional.latent_shape, recipe.batch_size)
-    pixel_unet = dataclasses.replace(unet, in_channels=1)
-    ldm["train_ms_per_step_pixel"] = train_ms_per_step(pixel_unet, (1, 32, 32), recipe.batch_size)
-    ldm["samples"] = n
-    result["ldm"] = ldm
-
-    # chapter 5: captions of seen and of held-out digit pairs, guidance 3, DDIM 50
-    text_ldm, _ = pretrained.text_diffusion(budget)
-    tokenizer = text_ldm.denoiser.conditioner.tokenizer
-    result["text2img"] = {"samples": n}
-    for pairs, key in [("seen", "both_correct_seen"), ("held_out", "both_correct_heldout")]:
-        digits, captions = random_captions(pairs, n, seed=0)
-        x, _ = timed_samples(text_ldm, tokenizer(captions), sampler="ddim", steps=50, guidance_scale=3.0)
-        result["text2img"][key] = both_digits_correct(judge, x, digits)
+    row = budget_table(budget)
+    judge = Judge(pretrained.classifier(budget).model, row.kid_subset, row.bootstrap)
+    floor, floor_se = judge.floor(row.samples)
+    result = {"classifier_test_accuracy": judge.accuracy(judge.x_test, judge.y_test),
+              "fid_floor_train_vs_test": floor, "fid_floor_train_vs_test_se": floor_se,
+              "autoencoder": measure_autoencoders(row, judge)}
+    result["ldm"] = {**measure_unconditional(row, judge), **measure_conditional(row, judge),
+                     "samples": row.samples, "sweep_samples": row.sweep_samples}
+    result["text2img"] = measure_text(row, judge)
     return result
 
 
@@ -162,7 +158,7 @@ def main(argv=None) -> None:
               "ldm_core_version": __version__, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
               f"{platform.python_implementation()} {platform.python_version()}"}
     # with an empty cache the chapter times include training every model; with a warm one, only loading them
-    result["cache_was_empty"] = not any(pretrained.cache_dir().glob("*.pt"))
+    result["cache_was_empty"] = not any(cache_dir().glob("*.pt"))
     result["chapter_seconds"] = {} if args.skip_chapters else run_chapters(args.budget)
     result.update(measure(args.budget))
     result["bench_seconds"] = round(time.perf_counter() - start, 1)

@@ -4,8 +4,8 @@ Paper Eq. 3: the UNet attends to tau_theta(y). For class labels, tau_theta is a 
 for text, a word-level :class:`Tokenizer` and a small transformer (:class:`TextEncoder`) give one token per word.
 
 Every conditioner has the same interface: ``forward(y)`` -> (B, M, d_context); ``null(B)``, the null condition
-("no condition"), the one object used both for condition dropout in training (``drop``) and for the
-unconditional branch of classifier-free guidance.
+("no condition"), the one object used both for condition dropout in training (:func:`condition_dropout`) and for
+the unconditional branch of classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -13,8 +13,34 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .attention import Attention
+from .attention import TransformerBlock
 from .schedules import rng_device
+
+
+def condition_dropout(cond: torch.Tensor, null: torch.Tensor, p: float,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Condition dropout (Ho & Salimans 2022, Algorithm 1): each condition replaced by the null condition with
+    probability p, so that one network learns the conditional and the unconditional model.
+
+    Args:
+        cond: conditions with the batch first, (B,) labels or (B, L) tokens.
+        null: the null condition for the same batch, same shape (a conditioner's ``null(B)``).
+        p: in [0, 1].
+        generator: randomness of the choice, one uniform number per condition.
+
+    Returns:
+        a tensor like ``cond``.
+
+    Raises:
+        ValueError: if p is not in [0, 1] or the shapes differ.
+    """
+    if not 0 <= p <= 1:
+        raise ValueError(f"p must be in [0, 1], got {p}")
+    if null.shape != cond.shape:
+        raise ValueError(f"null must have the shape of cond {tuple(cond.shape)}, got {tuple(null.shape)}")
+    B = cond.shape[0]
+    keep = (torch.rand(B, generator=generator, device=rng_device(generator, cond.device)) >= p).to(cond.device)
+    return torch.where(keep.view(B, *[1] * (cond.dim() - 1)), cond, null.to(cond.device))
 
 
 class ClassEmbedder(nn.Module):
@@ -46,10 +72,6 @@ class ClassEmbedder(nn.Module):
         """The null condition's labels: (batch_size,) filled with ``null_label``."""
         return torch.full((batch_size,), self.null_label, dtype=torch.int64, device=device)
 
-    def drop(self, y: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Condition dropout: each label replaced by the null label with probability p. (B,) -> (B,)."""
-        keep = (torch.rand(y.shape, generator=generator, device=rng_device(generator, y.device)) >= p).to(y.device)
-        return torch.where(keep, y, self.null(len(y), y.device))
 
 
 class Tokenizer:
@@ -96,7 +118,8 @@ class Tokenizer:
 
 class TextEncoder(nn.Module):
     """tau_theta for text: token embedding + learned position embedding, then pre-LayerNorm transformer blocks
-    (self-attention, feed-forward, each residual) and a final LayerNorm (Vaswani et al. 2017; the paper's text
+    (:class:`~ldm_core.attention.TransformerBlock`: self-attention, feed-forward, each residual; the UNet's
+    SpatialTransformer uses the same block) and a final LayerNorm (Vaswani et al. 2017; the paper's text
     encoder is the same kind of transformer, larger). Trained jointly with the UNet (paper Eq. 3). The embeddings
     start as CLIP's (Radford et al. 2021): normal with std 0.02 for tokens, 0.01 for positions.
 
@@ -120,12 +143,7 @@ class TextEncoder(nn.Module):
         self.token_embedding = nn.Embedding(len(tokenizer), d_context)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         self.position_embedding = nn.Parameter(0.01 * torch.randn(tokenizer.max_tokens, d_context))
-        self.blocks = nn.ModuleList(nn.ModuleDict({
-            "norm1": nn.LayerNorm(d_context), "attention": Attention(d_context, None, heads),
-            "norm2": nn.LayerNorm(d_context),
-            "feed_forward": nn.Sequential(nn.Linear(d_context, 4 * d_context), nn.GELU(),
-                                          nn.Linear(4 * d_context, d_context)),
-        }) for _ in range(layers))
+        self.blocks = nn.ModuleList(TransformerBlock(d_context, None, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(d_context)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -136,15 +154,10 @@ class TextEncoder(nn.Module):
             raise ValueError(f"token ids must lie in [0, {len(self.tokenizer) - 1}]")
         h = self.token_embedding(tokens) + self.position_embedding  # (B, L, d)
         for block in self.blocks:
-            h = h + block["attention"](block["norm1"](h))
-            h = h + block["feed_forward"](block["norm2"](h))
+            h = block(h)
         return self.norm(h)
 
     def null(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
         """The null condition: the empty caption's tokens (all padding), (batch_size, L)."""
         return self.tokenizer([""] * batch_size).to(device)
 
-    def drop(self, tokens: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Condition dropout: each caption replaced by the empty one with probability p. (B, L) -> (B, L)."""
-        keep = (torch.rand(tokens.shape[0], generator=generator, device=rng_device(generator, tokens.device)) >= p)
-        return torch.where(keep.to(tokens.device)[:, None], tokens, self.null(len(tokens), tokens.device))

@@ -1,9 +1,8 @@
-"""The one training loop every model goes through, and the diffusion objective it minimises."""
+"""The one training loop every model goes through, the diffusion objective, and the one way a diffusion model
+is fitted on the latents of a frozen first stage."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,6 +13,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from .cache import save_atomic
+from .conditioning import condition_dropout
 from .schedules import q_sample, randn_like, rng_device
 
 
@@ -54,7 +55,7 @@ class Batches:
 
 def diffusion_loss(model: nn.Module, z0: torch.Tensor, alpha_bar: torch.Tensor, cond=None,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """The LDM objective (paper Eq. 2; DDPM's simplified loss L_simple, Ho et al. 2020, Eq. 14):
+    """The LDM objective (paper Eq. 2; DDPM's simplified loss L_simple, Ho et al. 2020, Eq. 14), taught in chapter 2:
     E_{z0, eps ~ N(0, I), t ~ U{0..T-1}} || eps - eps_theta(z_t, t, cond) ||^2, averaged per element.
 
     Args:
@@ -188,15 +189,46 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
     return {"loss": losses, "seconds": seconds}
 
 
-def save_atomic(payload: dict, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def fit_diffusion(model: nn.Module, first_stage: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe, *, desc: str,
+                  checkpoint: str | Path | None = None,
+                  to_condition: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None) -> dict:
+    """Train a denoiser on the latents of a frozen first stage: the one training path of every diffusion model.
+
+    The images are encoded once, keeping the posterior's mean and std; every step then draws fresh latents
+    z_0 = scale_factor * (mean + std * eps) (paper Sec. 3.2 and Appendix G: diffusion on scaled samples of
+    q(z | x)), replaces a fraction ``recipe.p_uncond`` of the conditions by the null condition (condition
+    dropout, for classifier-free guidance) and minimises :func:`diffusion_loss`, with :func:`train`'s EMA and
+    checkpoints.
+
+    Args:
+        model: a :class:`~ldm_core.unet.Denoiser`; conditional when its ``conditioner`` is set.
+        first_stage: the frozen autoencoder (or :class:`~ldm_core.autoencoder.PixelSpace`), on the model's device.
+        x: images (N, C, H, W) in [-1, 1].
+        y: what the condition is made from, (N, ...), batched with the images (labels, digit pairs).
+        recipe: a :class:`~ldm_core.recipes.DiffusionRecipe` (steps, batch size, optimiser, EMA, schedule, seed).
+        to_condition: ``to_condition(y_batch, generator)`` -> the conditioner's input (default: y itself), for
+            example captions drawn for digit pairs.
+
+    Returns:
+        :func:`train`'s history.
+    """
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        posterior = [first_stage.encode(chunk.to(device)) for chunk in x.split(500)]
+    mean, std = torch.cat([p.mean for p in posterior]), torch.cat([p.std for p in posterior])  # (N, c, h, w)
+    generator = torch.Generator(device).manual_seed(recipe.seed)
+    batches = Batches(mean, std, y.to(device), batch_size=recipe.batch_size, seed=recipe.seed)
+    alpha_bar = recipe.alpha_bar().to(device)
+    scale = first_stage.scale_factor
+
+    def loss_fn(step: int) -> torch.Tensor:
+        mean_b, std_b, y_b = batches(step)
+        z0 = scale * (mean_b + std_b * randn_like(mean_b, generator))
+        cond = None
+        if model.conditioner is not None:
+            cond = to_condition(y_b, generator) if to_condition is not None else y_b
+            cond = condition_dropout(cond, model.conditioner.null(len(cond), device), recipe.p_uncond, generator)
+        return diffusion_loss(model, z0, alpha_bar, cond, generator)
+
+    return train(model, loss_fn, steps=recipe.steps, lr=recipe.lr, desc=desc, ema_decay=recipe.ema_decay,
+                 generator=generator, checkpoint=checkpoint)

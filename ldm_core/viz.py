@@ -4,10 +4,12 @@ in the static HTML book."""
 from __future__ import annotations
 
 import base64
+import inspect
 import io
 import itertools
 import json
 import os
+import textwrap
 import uuid
 from typing import Callable, Sequence
 
@@ -115,10 +117,40 @@ src="data:image/png;base64,{frames['_'.join('0' * len(names))]}">
 }})();</script></div>"""
 
 
+LIVE_SLIDERS: list[tuple[Callable, dict]] = []  # (fn, values) of every live slider made in this process
+
+
+def exercise_live_sliders() -> int:
+    """Call every live slider's function made so far at its sliders' minimum, middle and maximum values (all
+    sliders at once), as a reader who moves them after running the whole chapter would: a callback that reads a
+    global the chapter has since rebound raises here. Returns the number of calls made."""
+    calls = 0
+    for fn, values in LIVE_SLIDERS:
+        for position in ("first", "middle", "last"):
+            chosen = {name: list(v)[{"first": 0, "middle": len(v) // 2, "last": len(v) - 1}[position]]
+                      for name, v in values.items()}
+            result = fn(**chosen)
+            if isinstance(result, plt.Figure):
+                plt.close(result)
+            calls += 1
+    return calls
+
+
+def show_source(obj) -> "IPython.display.Markdown":
+    """The source of a package function, class or method, as a Python code block for a notebook: how a chapter
+    shows the code it teaches (from the package itself, never a pasted copy that could drift)."""
+    from IPython.display import Markdown
+
+    source = textwrap.dedent(inspect.getsource(obj)).rstrip()
+    module = inspect.getmodule(obj).__name__
+    return Markdown(f"`{module}.{obj.__qualname__}`:\n\n```python\n{source}\n```")
+
+
 def slider(fn: Callable, **values: Sequence):
     """Sliders over a pure function of their values that returns a figure or an image.
 
-    In a live kernel (Jupyter, Colab) these are ipywidgets that call ``fn`` as they move. When the book is built
+    In a live kernel (Jupyter, Colab) these are ipywidgets that call ``fn`` as they move (and ``fn`` is kept in
+    :data:`LIVE_SLIDERS` for :func:`exercise_live_sliders`). When the book is built
     to HTML (``LDM_STATIC_HTML=1``, set by ``make book``) every frame is pre-rendered into a self-contained
     JavaScript player (:func:`static_slider_html`), so dragging still changes the picture with no kernel and no
     network. Either way the frames come from the same ``fn``.
@@ -144,6 +176,7 @@ def slider(fn: Callable, **values: Sequence):
             ax.set_axis_off()
         plt.show()
 
+    LIVE_SLIDERS.append((fn, {name: list(v) for name, v in values.items()}))
     sliders = {name: ipywidgets.SelectionSlider(options=list(v), description=name, continuous_update=False)
                for name, v in values.items()}
     return ipywidgets.interactive(show, **sliders)

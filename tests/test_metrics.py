@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ldm_core.metrics import (DigitClassifier, accuracy, fid, frechet_distance, kid, psnr, random_shift,
+from ldm_core.metrics import (DigitClassifier, accuracy, fid, fid_bootstrap_se, frechet_distance, kid, psnr, random_shift,
                               reconstruction_scores, ssim)
 
 
@@ -65,6 +65,32 @@ def test_frechet_distance_between_known_gaussians_matches_the_closed_form():
     w2 = np.linalg.eigvalsh(root1 @ S2 @ root1)  # tr((S1 S2)^(1/2)) = tr((S1^(1/2) S2 S1^(1/2))^(1/2))
     expected = np.trace(S1) + np.trace(S2) - 2 * np.sum(np.sqrt(w2))
     assert frechet_distance(np.zeros(4), S1, np.zeros(4), S2) == pytest.approx(expected, rel=1e-8)
+
+
+def test_frechet_distance_agrees_with_scipy_sqrtm_on_singular_covariances():
+    # the book's case: ReLU features, some never firing, fewer samples than dimensions (rank-deficient covariances)
+    import scipy.linalg
+
+    rng = np.random.default_rng(1)
+    a, b = np.maximum(rng.normal(size=(40, 64)), 0), np.maximum(rng.normal(0.3, 1, size=(300, 64)), 0)
+    a[:, :5] = 0  # dead features
+    mu1, mu2, s1, s2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    with pytest.warns(scipy.linalg.LinAlgWarning):  # singular, as the book's covariances are; still defined
+        root = scipy.linalg.sqrtm(s1 @ s2).real
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(root)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fid_bootstrap_se_is_deterministic_and_shrinks_like_one_over_sqrt_n():
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(2000, 8, generator=generator)
+    small, large = torch.randn(100, 8, generator=generator) + 0.5, torch.randn(1600, 8, generator=generator) + 0.5
+    se_small = fid_bootstrap_se(small, reference, resamples=100)
+    assert se_small == fid_bootstrap_se(small, reference, resamples=100) > 0
+    # 16x the samples: about a quarter of the standard error (a wide margin: the estimate itself is noisy)
+    assert 0.1 < fid_bootstrap_se(large, reference, resamples=100) / se_small < 0.5
+    with pytest.raises(ValueError, match="resamples"):
+        fid_bootstrap_se(small, reference, resamples=1)
 
 
 def test_fid_estimates_the_gaussian_distance_from_samples():

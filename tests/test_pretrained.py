@@ -3,7 +3,8 @@ import dataclasses
 import pytest
 import torch
 
-from ldm_core import pretrained
+from ldm_core import pretrained, recipes
+from ldm_core.cache import cache_dir, cache_path
 from ldm_core.budget import get_budget
 
 
@@ -17,17 +18,33 @@ def test_budget_switch(monkeypatch):
         get_budget()
 
 
+@pytest.mark.parametrize("bad", ["Smoke", "tiny", ""])
+def test_an_unknown_budget_is_refused_not_replaced(bad):
+    for make in (recipes.budget_table, lambda b: recipes.diffusion_recipe(b, True), recipes.text_recipe,
+                 recipes.autoencoder_study, pretrained.classifier, pretrained.autoencoder):
+        with pytest.raises(ValueError, match="budget must be one of"):
+            make(bad)
+
+
+def test_the_budget_table_has_one_row_per_budget_of_one_shape():
+    rows = [recipes.budget_table(b) for b in ("smoke", "book", "full")]
+    assert [row.name for row in rows] == ["smoke", "book", "full"]
+    assert all(row.kid_subset <= row.sweep_samples <= row.samples for row in rows)  # KID subsets fit every set
+    assert [row.text_steps for row in rows] == sorted(row.text_steps for row in rows)
+    assert not rows[0].claims and rows[1].claims and rows[2].claims
+
+
 def test_budgets_change_sizes_not_code_path():
-    recipes = [pretrained.diffusion_recipe(b, conditional=True) for b in ("smoke", "book", "full")]
-    assert [type(r) for r in recipes] == [pretrained.DiffusionRecipe] * 3
-    assert recipes[0].steps < recipes[1].steps < recipes[2].steps
-    assert all(r.conditional and r.unet.d_context for r in recipes)
+    made = [recipes.diffusion_recipe(b, conditional=True) for b in ("smoke", "book", "full")]
+    assert [type(r) for r in made] == [recipes.DiffusionRecipe] * 3
+    assert made[0].steps < made[1].steps < made[2].steps
+    assert all(r.conditional and r.unet.d_context for r in made)
 
 
 @pytest.mark.parametrize("budget", ["smoke", "book", "full"])
 def test_autoencoder_study_changes_one_thing_per_model(budget):
-    study = pretrained.autoencoder_study(budget)
-    base = pretrained.AUTOENCODER_RECIPES[budget]
+    study = recipes.autoencoder_study(budget)
+    base = recipes.budget_table(budget).autoencoder
     assert study["kl_f4"] == base  # the book's autoencoder is the study's baseline
     assert {name: r.config.f for name, r in study.items() if name.startswith("kl_f") and name[4:].isdigit()} == {
         "kl_f1": 1, "kl_f2": 2, "kl_f4": 4, "kl_f8": 8}
@@ -38,7 +55,7 @@ def test_autoencoder_study_changes_one_thing_per_model(budget):
 
     assert changed(study["kl_f8"]) == {"config.channel_mult"} and changed(study["vq_f4"]) == {"config.regularizer"}
     assert changed(study["kl_f4_perceptual"]) == {"perceptual"}
-    assert study["kl_f4_perceptual"].perceptual.seed != pretrained.CLASSIFIER_RECIPES[budget].seed  # not the judge
+    assert study["kl_f4_perceptual"].perceptual.seed != recipes.budget_table(budget).classifier.seed  # not the judge
     assert changed(study["kl_f4_perceptual_adversarial"]) == {"perceptual", "adversarial_weight", "discriminator_start"}
     assert len({r.steps for r in study.values()}) == 1
 
@@ -47,7 +64,7 @@ def test_pixel_space_gets_the_same_training_flops_as_latent_space():
     from ldm_core.train import training_flops
     from ldm_core.unet import Denoiser, UNet
 
-    latent, pixel = (pretrained.diffusion_recipe("smoke", False, space) for space in ("kl_f4", "pixel"))
+    latent, pixel = (recipes.diffusion_recipe("smoke", False, space) for space in ("kl_f4", "pixel"))
     assert pixel.autoencoder is None and pixel.unet.in_channels == 1
     assert dataclasses.replace(pixel.unet, in_channels=latent.unet.in_channels) == latent.unet  # the same UNet
     f = latent.autoencoder.config.f
@@ -57,7 +74,7 @@ def test_pixel_space_gets_the_same_training_flops_as_latent_space():
     # ... and the same total, up to rounding the number of steps
     assert pixel.steps * per_step[1] == pytest.approx(latent.steps * per_step[0], rel=1 / pixel.steps)
     with pytest.raises(ValueError, match="space must be one of"):
-        pretrained.diffusion_recipe("smoke", False, "vq_f4")
+        recipes.diffusion_recipe("smoke", False, "vq_f4")
 
 
 def test_pixel_space_is_the_identity_first_stage():
@@ -87,8 +104,8 @@ def test_training_is_deterministic_on_cpu(tmp_path, monkeypatch):
 
 
 def test_corrupt_cache_file_is_retrained_not_trusted():
-    recipe = pretrained.CLASSIFIER_RECIPES["smoke"]
-    path = pretrained.cache_path("classifier", recipe)
+    recipe = recipes.budget_table("smoke").classifier
+    path = cache_path("classifier", recipe)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning, match="retraining"):
@@ -98,9 +115,9 @@ def test_corrupt_cache_file_is_retrained_not_trusted():
 
 
 def test_cache_key_changes_with_the_recipe():
-    a = pretrained.cache_path("ldm", pretrained.diffusion_recipe("smoke", False))
-    b = pretrained.cache_path("ldm", pretrained.diffusion_recipe("smoke", True))
-    assert a != b and a.parent == b.parent == pretrained.cache_dir()
+    a = cache_path("ldm", recipes.diffusion_recipe("smoke", False))
+    b = cache_path("ldm", recipes.diffusion_recipe("smoke", True))
+    assert a != b and a.parent == b.parent == cache_dir()
 
 
 def test_latent_diffusion_reuses_the_autoencoder_and_samples():

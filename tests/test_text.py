@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ldm_core.attention import capture_cross_attention
-from ldm_core.conditioning import TextEncoder, Tokenizer
+from ldm_core.conditioning import TextEncoder, Tokenizer, condition_dropout
 from ldm_core.data import HELD_OUT_PAIRS, PAIRS, caption, load_mnist, random_captions, two_digit_canvases
 from ldm_core.metrics import DigitClassifier, both_digits_correct
 from ldm_core.pretrained import caption_tokenizer
@@ -55,7 +55,7 @@ def test_text_encoder_shapes_null_and_dropout():
     assert encoder(tokens).shape == (3, 8, 16)
     assert torch.equal(encoder.null(3), tokenizer([""] * 3))
     many = tokens.repeat(1000, 1)
-    dropped = encoder.drop(many, 0.1, torch.Generator().manual_seed(0))
+    dropped = condition_dropout(many, encoder.null(len(many)), 0.1, torch.Generator().manual_seed(0))
     is_null = (dropped == encoder.null(1)).all(1)
     assert 0.09 < is_null.float().mean() < 0.11 and torch.equal(dropped[~is_null], many[~is_null])
     with pytest.raises(ValueError, match=r"int64 \(B, 8\)"):
@@ -79,7 +79,7 @@ def test_the_null_condition_of_training_is_the_unconditional_branch_of_guidance(
         torch.nn.init.normal_(p, std=0.2)
     z, t = torch.randn(2, 4, 8, 16), torch.tensor([300, 300])
     tokens = tokenizer(["3 left of 7", "a one to the left of a two"])
-    dropped = model.conditioner.drop(tokens, 1.0)  # training with every caption dropped
+    dropped = condition_dropout(tokens, model.conditioner.null(2), 1.0)  # training with every caption dropped
     guided = classifier_free_guidance(model, 0.0, lambda B: model.conditioner.null(B))  # scale 0: unconditional
     torch.testing.assert_close(guided(z, t, tokens), model(z, t, dropped))
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from ldm_core.schedules import alpha_bar_from_betas, linear_beta_schedule
-from ldm_core.train import Batches, diffusion_loss, save_atomic, train, training_flops
+from ldm_core.cache import save_atomic
+from ldm_core.train import Batches, diffusion_loss, train, training_flops
 
 
 def test_batches_cover_each_epoch_once_and_depend_only_on_the_step():

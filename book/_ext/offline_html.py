@@ -13,7 +13,9 @@ def _unique_scripts(app, pagename, templatename, context, doctree):
         if key not in seen:
             seen.add(key)
             unique.append(script)
-    context["script_files"] = unique
+    # in place: the list is the builder's, and extensions that run after this one (sphinx.ext.mathjax among them)
+    # append their scripts to it; a new list here would silently drop them (no page would load MathJax)
+    context["script_files"][:] = unique
 
 
 def setup(app):

@@ -1,0 +1,139 @@
+"""The measurements that the chapters and the benchmark share: one call per number, with the budget table's N.
+
+A number a chapter prints and the benchmark's key of the same name come from the same function called with the
+same arguments, so they are the same number (the benchmark, :mod:`ldm_core.bench`, calls these per chapter).
+
+- :class:`Judge`: the domain classifier and the test digits' features, the reference of every FID, KID and
+  accuracy of the book (FID in the classifier's feature space, not Inception's: see :mod:`ldm_core.metrics`).
+- :func:`timed_samples`: samples and samples per second, decoding included.
+- :func:`measure_samples`: a generated set's FID (with its bootstrap standard error), KID and, for class labels,
+  the conditional accuracy.
+- :func:`measure_captions`: chapter 5's both-digits-correct for seen or held-out pairs.
+- :func:`attention_maps` and :func:`share_on_half`: where a caption's words are read on the canvas.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+
+from .attention import capture_cross_attention
+from .data import load_mnist, random_captions
+from .metrics import accuracy, both_digits_correct, features, fid, fid_bootstrap_se, kid
+from .pipeline import LatentDiffusion
+
+
+class Judge:
+    """The digit classifier as the judge of generated images, against the 1,000 test digits.
+
+    Args:
+        classifier: a trained :class:`~ldm_core.metrics.DigitClassifier`.
+        kid_subset: KID's subset size (the budget table's ``kid_subset``).
+        bootstrap: resamples of a FID's standard error (the budget table's ``bootstrap``).
+    """
+
+    def __init__(self, classifier: nn.Module, kid_subset: int, bootstrap: int):
+        self.classifier, self.kid_subset, self.bootstrap = classifier, kid_subset, bootstrap
+        self.x_test, self.y_test = load_mnist("test")
+        self.test_features = features(classifier, self.x_test)  # (1000, 128)
+
+    def fid(self, x: torch.Tensor) -> tuple[float, float]:
+        """(FID, bootstrap standard error) of images x (N, 1, 32, 32) in [-1, 1] against the test digits."""
+        f = features(self.classifier, x)
+        return fid(f, self.test_features), fid_bootstrap_se(f, self.test_features, self.bootstrap)
+
+    def kid(self, x: torch.Tensor) -> float:
+        """KID of images x (N, 1, 32, 32) against the test digits, subsets of min(kid_subset, N)."""
+        return kid(features(self.classifier, x), self.test_features, subset_size=min(self.kid_subset, len(x)))
+
+    def accuracy(self, x: torch.Tensor, labels: torch.Tensor) -> float:
+        """Fraction of images x the classifier labels as ``labels`` (N,): the conditional accuracy."""
+        return accuracy(self.classifier, x, labels)
+
+    def floor(self, n: int, seed: int = 0) -> tuple[float, float]:
+        """(FID, standard error) of n random real training digits: the best a generator of n samples can hope for."""
+        x_train, _ = load_mnist("train")
+        pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))[:n]
+        return self.fid(x_train[pick])
+
+
+def class_labels(n: int) -> torch.Tensor:
+    """The labels every class-conditional measurement asks for: 0, 1, ..., 9, 0, 1, ... (n,) int64."""
+    return torch.arange(n) % 10
+
+
+def timed_samples(ldm: LatentDiffusion, labels: torch.Tensor | None = None, n: int | None = None, *,
+                  seed: int = 0, batch_size: int = 100, **sample_kwargs) -> tuple[torch.Tensor, float]:
+    """Samples for ``labels`` (or ``n`` unconditional ones) in batches, from one generator seeded ``seed``.
+
+    Args:
+        ldm: the model; ``sample_kwargs`` go to :meth:`~ldm_core.pipeline.LatentDiffusion.sample` (sampler,
+            steps, eta, guidance_scale).
+        labels: (N,) class labels or (N, L) caption tokens, for a conditional model; else ``n``.
+
+    Returns:
+        (images (N, C, H, W) clamped to [-1, 1] on the CPU, samples per second including decoding).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    chunks = labels.split(batch_size) if labels is not None else torch.arange(n).split(batch_size)
+    start = time.perf_counter()
+    x = torch.cat([ldm.sample(chunk, generator=generator, **sample_kwargs) if labels is not None
+                   else ldm.sample(n=len(chunk), generator=generator, **sample_kwargs) for chunk in chunks])
+    return x.clamp(-1, 1), len(x) / (time.perf_counter() - start)
+
+
+def measure_samples(ldm: LatentDiffusion, judge: Judge, n: int, **sample_kwargs) -> dict:
+    """Draw n samples (class-conditional: the labels :func:`class_labels`) and measure them.
+
+    Returns:
+        dict(x, per_s, fid, fid_se, kid) and, for a class-conditional model, ``accuracy`` and ``labels``.
+    """
+    conditional = ldm.denoiser.conditioner is not None
+    labels = class_labels(n) if conditional else None
+    x, per_s = timed_samples(ldm, labels, None if conditional else n, **sample_kwargs)
+    result = dict(x=x, per_s=per_s, kid=judge.kid(x))
+    result["fid"], result["fid_se"] = judge.fid(x)
+    if conditional:
+        result["labels"], result["accuracy"] = labels, judge.accuracy(x, labels)
+    return result
+
+
+def measure_captions(ldm: LatentDiffusion, judge: Judge, pairs: str, n: int, guidance_scale: float,
+                     seed: int = 0, steps: int = 50) -> dict:
+    """Chapter 5's measurement: n captions of ``pairs`` (``"seen"`` or ``"held_out"``), each pair in a random
+    phrasing, sampled with DDIM; a sample is right when both halves are the named digits in the named order.
+
+    Returns:
+        dict(both_correct, x (n, 1, 32, 64), digits (n, 2), tokens (n, L)).
+    """
+    digits, captions = random_captions(pairs, n, seed)
+    tokens = ldm.denoiser.conditioner.tokenizer(captions)
+    x, _ = timed_samples(ldm, tokens, seed=seed, sampler="ddim", steps=steps, guidance_scale=guidance_scale)
+    return dict(both_correct=both_digits_correct(judge.classifier, x, digits), x=x, digits=digits, tokens=tokens)
+
+
+def attention_maps(ldm: LatentDiffusion, tokens: torch.Tensor, guidance_scale: float = 3.0, seed: int = 0,
+                    steps: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample captions while recording cross-attention (:func:`~ldm_core.attention.capture_cross_attention`).
+
+    Returns:
+        (samples (B, 1, H, W) in [-1, 1], per-token maps (B, L, h, w)): the weights averaged over steps, heads and
+        the blocks at the lowest resolution, for the conditional half of the guided batch; each position's
+        weights sum to 1 over the L tokens.
+    """
+    B = len(tokens)
+    with capture_cross_attention(ldm.denoiser) as maps:
+        x = ldm.sample(tokens, steps=steps, guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed))
+    lowest = min(m.shape[2] for m in maps)
+    kept = [m[:B].mean(1) for m in maps if m.shape[2] == lowest]  # (B, h, w, L) each
+    return x.clamp(-1, 1), torch.stack(kept).mean(0).permute(0, 3, 1, 2)  # (B, L, h, w)
+
+
+def share_on_half(mass: torch.Tensor, side: int) -> float:
+    """The fraction of one token's attention map (h, w) that falls on the left (side 0) or right (1) half."""
+    if side not in (0, 1) or mass.dim() != 2:
+        raise ValueError(f"need a map (h, w) and side 0 or 1, got {tuple(mass.shape)} and {side}")
+    half = mass.shape[-1] // 2
+    return ((mass[:, :half] if side == 0 else mass[:, half:]).sum() / mass.sum()).item()

@@ -1,0 +1,239 @@
+"""Every model's recipe, and ONE table of everything that differs between the budgets.
+
+A recipe is a frozen dataclass that says how a model is made: its architecture, its data, its optimiser, its
+seed. It also keys the artifact cache (:mod:`ldm_core.cache`), so a changed recipe never loads a stale model.
+
+:data:`BUDGET_TABLE` holds, for each budget (smoke | book | full), every number that differs between them: model
+sizes and step counts, the sample counts that chapters and the benchmark measure with, and the thresholds that the
+chapters' Checks assert. Nothing else in the package or the book picks a number by budget; read one row with
+:func:`budget_table`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from .autoencoder import AutoencoderConfig
+from .budget import BUDGETS, get_budget
+from .schedules import alpha_bar_from_betas, linear_beta_schedule
+from .unet import UNetConfig
+
+
+@dataclass(frozen=True)
+class ClassifierRecipe:
+    width: int  # channels of the first convolution (the domain classifier, metrics.DigitClassifier)
+    steps: int  # optimiser steps
+    batch_size: int
+    lr: float = 1e-3
+    max_shift: int = 2  # augmentation: random translation by up to this many pixels
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AutoencoderRecipe:
+    config: AutoencoderConfig
+    steps: int  # optimiser steps
+    batch_size: int
+    lr: float = 1e-3
+    kl_weight: float = 1e-6  # the paper's "slight" KL weight, with the per-image-sum reduction (VQ: weight 1)
+    perceptual: ClassifierRecipe | None = None  # the network whose features define the perceptual loss; None: off
+    perceptual_weight: float = 1.0
+    adversarial_weight: float = 0.0  # weight of the patch discriminator's term, times the adaptive weight; 0: off
+    discriminator_start: int = 0  # the step at which the discriminator and its term switch on
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DiffusionRecipe:
+    autoencoder: AutoencoderRecipe | None  # the first stage the latents come from; None: pixel space
+    unet: UNetConfig
+    steps: int
+    batch_size: int
+    lr: float
+    ema_decay: float  # the sampled model is this exponential moving average of the weights
+    conditional: bool = False  # class-conditional through cross-attention to a label token
+    p_uncond: float = 0.1  # condition dropout: the fraction of conditions replaced by the null condition
+    T: int = 1000  # diffusion steps
+    beta_start: float = 1e-4  # DDPM linear schedule
+    beta_end: float = 0.02
+    seed: int = 0
+
+    def alpha_bar(self) -> torch.Tensor:
+        """The recipe's schedule alpha_bar_t, float64 (T,): DDPM's linear betas from beta_start to beta_end."""
+        return alpha_bar_from_betas(linear_beta_schedule(self.T, self.beta_start, self.beta_end))
+
+
+@dataclass(frozen=True)
+class TextDiffusionRecipe:
+    diffusion: DiffusionRecipe  # UNet (d_context = the text width), schedule, optimiser, first stage
+    canvases: int  # two-digit training canvases, made once from the training digits (seen pairs only)
+    text_layers: int = 3  # transformer blocks of tau_theta
+    max_tokens: int = 8  # L, caption length in words
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One row of the budget table: every number that differs between smoke, book and full."""
+
+    name: str
+    # the models
+    classifier: ClassifierRecipe  # the domain classifier: the judge of every FID and accuracy
+    autoencoder: AutoencoderRecipe  # the book's first stage (KL, f = 4 at every budget)
+    unet: UNetConfig  # the diffusion UNet's widths; in_channels and d_context are set per model
+    steps_unconditional: int  # chapter 2's latent model
+    steps_conditional: int  # chapter 3's class-conditional model (one more thing to learn)
+    batch_size: int  # of every diffusion model
+    lr: float
+    ema_decay: float
+    text_steps: int  # chapter 5's text-to-image model: two digits and their order are more to learn
+    text_canvases: int
+    # what is measured, by the chapters and the benchmark alike (ldm_core.evaluate)
+    samples: int  # generated images per FID / accuracy (chapters 2, 3 and 5, and their benchmark keys)
+    sweep_samples: int  # per setting of chapter 4's sweeps (and the benchmark's sampler keys)
+    kid_subset: int  # KID's subset size (at most the number of samples)
+    bootstrap: int  # resamples of a FID's bootstrap standard error
+    # the chapters' Checks
+    claims: bool  # assert the chapters' quality claims; the smoke models train for seconds and claim nothing
+    min_psnr: float  # chapter 1: the book's autoencoder on the test digits, dB
+    min_classifier_accuracy: float  # chapter 3: the judge on the test digits
+    min_cond_accuracy: float  # chapter 3: guidance 3
+    min_both_correct: float  # chapter 5: guidance 3, seen and held-out pairs
+
+
+_SMOKE_AE = AutoencoderRecipe(config=AutoencoderConfig.tiny(), steps=150, batch_size=32)
+
+# Why each number: smoke keeps `make test` within minutes (every chapter in well under a minute on 2 cores); book is
+# what 2 CPU cores train while a reader reads (chapter 5's 6,000 steps are the fewest measured that learn word
+# order, see its table); full is a first guess for one GPU, not yet run (no GPU was lent when it was written).
+BUDGET_TABLE: dict[str, Budget] = {
+    "smoke": Budget(
+        name="smoke",
+        classifier=ClassifierRecipe(width=8, steps=150, batch_size=32),
+        autoencoder=_SMOKE_AE,
+        unet=UNetConfig.tiny(),
+        steps_unconditional=150, steps_conditional=150, batch_size=32, lr=5e-4, ema_decay=0.9,
+        text_steps=150, text_canvases=1000,
+        samples=30, sweep_samples=30, kid_subset=30, bootstrap=10,
+        claims=False, min_psnr=0.0, min_classifier_accuracy=0.3, min_cond_accuracy=0.0, min_both_correct=0.0,
+    ),
+    "book": Budget(
+        name="book",
+        classifier=ClassifierRecipe(width=32, steps=1000, batch_size=64),
+        autoencoder=AutoencoderRecipe(config=AutoencoderConfig(), steps=400, batch_size=32),
+        unet=UNetConfig(channels=32),
+        steps_unconditional=1500, steps_conditional=2000, batch_size=64, lr=5e-4, ema_decay=0.995,
+        text_steps=6000, text_canvases=8000,
+        samples=200, sweep_samples=100, kid_subset=100, bootstrap=50,
+        claims=True, min_psnr=22.0, min_classifier_accuracy=0.97, min_cond_accuracy=0.8, min_both_correct=0.8,
+    ),
+    "full": Budget(
+        name="full",
+        classifier=ClassifierRecipe(width=32, steps=4000, batch_size=128),
+        autoencoder=AutoencoderRecipe(config=AutoencoderConfig(channels=64, channel_mult=(1, 2, 2)), steps=8000,
+                                      batch_size=128),
+        unet=UNetConfig(channels=128, channel_mult=(1, 2, 2)),
+        steps_unconditional=20000, steps_conditional=20000, batch_size=256, lr=2e-4, ema_decay=0.999,
+        text_steps=30000, text_canvases=20000,
+        samples=1000, sweep_samples=500, kid_subset=500, bootstrap=50,
+        claims=True, min_psnr=24.0, min_classifier_accuracy=0.98, min_cond_accuracy=0.9, min_both_correct=0.8,
+    ),
+}
+
+
+def budget_table(budget: str | None = None) -> Budget:
+    """The row of :data:`BUDGET_TABLE` for ``budget``, default :func:`~ldm_core.budget.get_budget`.
+
+    Raises:
+        ValueError: if ``budget`` is not one of smoke | book | full (no silent fallback to another budget).
+    """
+    name = get_budget() if budget is None else budget
+    if name not in BUDGET_TABLE:
+        raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
+    return BUDGET_TABLE[name]
+
+
+# --------------------------------------------------------------------------------------------- derived recipes
+
+def autoencoder_study(budget: str | None = None) -> dict[str, AutoencoderRecipe]:
+    """The autoencoders chapter 1 compares: the book's (``kl_f4``, pixel loss and KL) and variants that each
+    change one thing, trained for the same number of steps on the same data with the same seed.
+
+    - the f sweep ``kl_f1``, ``kl_f2``, ``kl_f4``, ``kl_f8``: one level fewer or more (same c, same widths);
+    - ``vq_f4``: VQ regularisation instead of KL;
+    - the ablation ``kl_f4_perceptual`` (+ perceptual loss in the features of a second digit classifier,
+      trained with another seed so that the loss does not optimise the features rFID is measured in) and
+      ``kl_f4_perceptual_adversarial`` (+ a patch discriminator from half-way through training).
+    """
+    row = budget_table(budget)
+    base = row.autoencoder
+    mult = base.config.channel_mult
+
+    def levels(n: int) -> AutoencoderRecipe:  # f = 2 ** (n - 1); deeper levels repeat the last width
+        channel_mult = mult[:n] + (mult[-1],) * max(0, n - len(mult))
+        return dataclasses.replace(base, config=dataclasses.replace(base.config, channel_mult=channel_mult))
+
+    perceptual = dataclasses.replace(base, perceptual=dataclasses.replace(row.classifier, seed=1))
+    study = {f"kl_f{2 ** (n - 1)}": levels(n) for n in (1, 2, 3, 4)}  # kl_f4 is the book's at every budget
+    study["vq_f4"] = dataclasses.replace(base, config=dataclasses.replace(base.config, regularizer="vq"))
+    study["kl_f4_perceptual"] = perceptual
+    study["kl_f4_perceptual_adversarial"] = dataclasses.replace(perceptual, adversarial_weight=0.5,
+                                                                discriminator_start=base.steps // 2)
+    return study
+
+
+SPACES = ("kl_f4", "pixel", "kl_f2", "kl_f8")  # where diffusion can run: the book's latent space first
+
+
+def diffusion_recipe(budget: str | None, conditional: bool, space: str = "kl_f4") -> DiffusionRecipe:
+    """The diffusion recipe for a budget and a space.
+
+    ``space`` is ``"kl_f4"`` (the book's latent diffusion model), ``"pixel"`` (the same UNet on pixels, the
+    paper's LDM-1) or another KL autoencoder of :func:`autoencoder_study`. The UNet's input channels are the
+    space's channels; the conditional model attends to a label token of width d_context = the UNet's first width.
+    Outside ``kl_f4`` the number of training steps is chosen for *equal training compute*: the kl_f4 recipe's
+    steps times the ratio of FLOPs per step (:func:`ldm_core.train.training_flops`), so that every space gets
+    the same budget of arithmetic (and, on one machine, about the same wall-clock time).
+
+    Raises:
+        ValueError: for an unknown budget or space.
+    """
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+    row = budget_table(budget)
+    unet = dataclasses.replace(row.unet, in_channels=row.autoencoder.config.latent_channels,
+                               d_context=row.unet.channels if conditional else None)
+    recipe = DiffusionRecipe(autoencoder=row.autoencoder, unet=unet, conditional=conditional,
+                             steps=row.steps_conditional if conditional else row.steps_unconditional,
+                             batch_size=row.batch_size, lr=row.lr, ema_decay=row.ema_decay)
+    if space == "kl_f4":
+        return recipe
+    first_stage = None if space == "pixel" else autoencoder_study(row.name)[space]
+    channels, f = (1, 1) if first_stage is None else (first_stage.config.latent_channels, first_stage.config.f)
+    other = dataclasses.replace(recipe, autoencoder=first_stage, unet=dataclasses.replace(unet, in_channels=channels))
+    steps = round(recipe.steps * _flops(recipe, 32 // recipe.autoencoder.config.f) / _flops(other, 32 // f))
+    return dataclasses.replace(other, steps=max(steps, 1))
+
+
+def _flops(recipe: DiffusionRecipe, size: int) -> int:
+    """Training FLOPs per example of the recipe's denoiser on (c, size, size) inputs."""
+    from .pretrained import build_denoiser  # at call time: the factories import this module
+    from .train import training_flops
+
+    cond = torch.zeros(1, dtype=torch.int64) if recipe.conditional else None
+    return training_flops(build_denoiser(recipe), torch.zeros(1, recipe.unet.in_channels, size, size), cond)
+
+
+def text_recipe(budget: str | None = None) -> TextDiffusionRecipe:
+    """The text-to-image recipe: the class-conditional recipe's UNet and first stage; tau_theta four times the
+    UNet's first width, 3 blocks, and more steps (two digits and their order are more to learn than one label).
+    At the book budget this is the smallest recipe measured that learns order in every phrasing (chapter 5's
+    table of earlier versions)."""
+    row = budget_table(budget)
+    base = diffusion_recipe(row.name, conditional=True)
+    unet = dataclasses.replace(base.unet, d_context=4 * base.unet.channels)
+    return TextDiffusionRecipe(diffusion=dataclasses.replace(base, steps=row.text_steps, unet=unet),
+                               canvases=row.text_canvases)
