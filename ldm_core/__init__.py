@@ -20,4 +20,4 @@ One concept a module (see ``DESIGN.md``):
 - :mod:`ldm_core.bench`: the benchmark, ``python -m ldm_core.bench``.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

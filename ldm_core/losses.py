@@ -21,7 +21,8 @@ def autoencoder_loss(autoencoder, x: torch.Tensor, regularization_weight: float,
                      generator: torch.Generator | None = None, perceptual: "PerceptualLoss | None" = None,
                      perceptual_weight: float = 1.0, discriminator: "PatchDiscriminator | None" = None,
                      adversarial_weight: float = 0.5) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
-    """The first stage's loss (paper Appendix G; Esser et al. 2021, Eq. 5-7), per image, averaged over the batch:
+    """The first stage's loss (paper Appendix G; Esser et al. 2021, Eq. 5-7), per image, averaged over the batch
+    (taught in chapter 1):
 
     L_rec = ||x - D(z)||_1 + perceptual_weight * C H W * P(x, D(z))              z ~ q(z | x)
     loss  = L_rec + regularization_weight * R + adversarial_weight * lambda * (-D_psi(D(z)))

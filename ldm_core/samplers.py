@@ -75,7 +75,8 @@ def _pairs(timesteps: torch.Tensor) -> list[tuple[int, int]]:
 @torch.no_grad()
 def ddpm_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, timesteps: torch.Tensor, cond=None,
                 generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
-    """Ancestral sampling from the DDPM posterior q(z_{t_prev} | z_t, x0_hat) (DDPM Eq. 6-7, Algorithm 2).
+    """Ancestral sampling from the DDPM posterior q(z_{t_prev} | z_t, x0_hat) (DDPM Eq. 6-7, Algorithm 2). Taught
+    in chapter 4.
 
     For each pair (t, t_prev), with a = alpha_bar_t, a' = alpha_bar_{t_prev} and beta = 1 - a / a':
         mean = sqrt(a') beta / (1 - a) x0_hat + sqrt(1 - beta) (1 - a') / (1 - a) z_t
@@ -118,7 +119,7 @@ def ddpm_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
 def ddim_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, timesteps: torch.Tensor, cond=None,
                 eta: float = 0.0, generator: torch.Generator | None = None,
                 callback: Callback | None = None) -> torch.Tensor:
-    """DDIM sampling (Song et al. 2021, Eq. 12 with sigma from Eq. 16).
+    """DDIM sampling (Song et al. 2021, Eq. 12 with sigma from Eq. 16). Taught in chapter 4.
 
     For each pair (t, t_prev), with a = alpha_bar_t and a' = alpha_bar_{t_prev}:
         sigma = eta * sqrt((1 - a') / (1 - a)) * sqrt(1 - a / a')
@@ -152,7 +153,7 @@ def ddim_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
 
 
 def classifier_free_guidance(model: Model, guidance_scale: float, null_cond: Callable[[int], object]) -> Model:
-    """Wrap a conditional model: eps = eps_u + guidance_scale * (eps_c - eps_u).
+    """Wrap a conditional model: eps = eps_u + guidance_scale * (eps_c - eps_u). Taught in chapter 4.
 
     This is Ho & Salimans 2022, Eq. 6, eps = (1 + w) eps_c - w eps_u, written with s = 1 + w as in the LDM and
     GLIDE code: s = 1 is the plain conditional model (w = 0).
@@ -191,7 +192,9 @@ def slerp(z_a: torch.Tensor, z_b: torch.Tensor, weight: float) -> torch.Tensor:
         raise ValueError(f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
     a, b = z_a.flatten().double(), z_b.flatten().double()
     theta = torch.arccos((a @ b / (a.norm() * b.norm())).clamp(-1, 1))
-    if theta.abs() < 1e-6:  # (anti)parallel up to rounding: the sphere's arc is a line
+    if theta < 1e-6:  # parallel up to rounding (sin(theta) ~ 0): the sphere's arc is a line
         return torch.lerp(z_a, z_b, weight)
+    if torch.pi - theta < 1e-6:  # antiparallel: every great circle joins them, so no one arc is "the" slerp
+        raise ValueError("z_a and z_b point in opposite directions: spherical interpolation is not defined")
     mixed = (torch.sin((1 - weight) * theta) * a + torch.sin(weight * theta) * b) / torch.sin(theta)
     return mixed.view_as(z_a).to(z_a.dtype)

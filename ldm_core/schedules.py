@@ -50,14 +50,17 @@ def cosine_beta_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.99
     f(t) = cos(((t / T) + s) / (1 + s) * pi / 2)^2, and beta_t = 1 - alpha_bar(t + 1) / alpha_bar(t) for the
     0-based step t, clipped at ``max_beta`` so the last steps stay finite.
 
+    ``max_beta`` must stay below 1: at beta = 1 the last step destroys all signal, alpha_bar_{T-1} falls to about
+    1e-33, and the x0_hat = (z_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) of every sampler explodes.
+
     Returns:
         betas, float64 (T,).
 
     Raises:
-        ValueError: if T < 1, s < 0 or max_beta is not in (0, 1].
+        ValueError: if T < 1, s < 0 or max_beta is not in (0, 1).
     """
-    if T < 1 or s < 0 or not 0 < max_beta <= 1:
-        raise ValueError(f"need T >= 1, s >= 0 and 0 < max_beta <= 1, got T={T}, s={s}, max_beta={max_beta}")
+    if T < 1 or s < 0 or not 0 < max_beta < 1:
+        raise ValueError(f"need T >= 1, s >= 0 and 0 < max_beta < 1, got T={T}, s={s}, max_beta={max_beta}")
     steps = torch.arange(T + 1, dtype=torch.float64)
     f = torch.cos((steps / T + s) / (1 + s) * torch.pi / 2) ** 2
     alpha_bar = f / f[0]  # (T + 1,): alpha_bar before any noise, then after each of the T steps
@@ -96,7 +99,8 @@ def _gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.
 
 
 def q_sample(z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """Sample the forward process: z_t = sqrt(alpha_bar_t) z_0 + sqrt(1 - alpha_bar_t) eps (DDPM Eq. 4).
+    """Sample the forward process: z_t = sqrt(alpha_bar_t) z_0 + sqrt(1 - alpha_bar_t) eps (DDPM Eq. 4). Taught in
+    chapter 2.
 
     Args:
         z0: clean data (B, ...), pixels or (scaled) latents.

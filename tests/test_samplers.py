@@ -147,3 +147,10 @@ def test_slerp_endpoints_and_norm_on_the_sphere():
     torch.testing.assert_close(middle, (a + b) / 2 ** 0.5)  # cos(pi/4) a + sin(pi/4) b
     with pytest.raises(ValueError, match="same shape"):
         slerp(a, b[:2], 0.5)
+
+
+def test_slerp_refuses_antiparallel_noise_and_is_a_line_for_parallel_noise():
+    a = torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="opposite directions"):
+        slerp(a, -a, 0.5)
+    torch.testing.assert_close(slerp(a, 2 * a, 0.5), 1.5 * a)  # theta = 0: the arc is the straight line

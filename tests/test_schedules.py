@@ -88,3 +88,10 @@ def test_eps_x0_v_round_trips():
     torch.testing.assert_close(x0_from_v(z_t, t, v, alpha_bar), z0)
     torch.testing.assert_close(eps_from_v(z_t, t, v, alpha_bar), eps)
     torch.testing.assert_close(predict_x0_from_eps(z_t, t, eps_from_v(z_t, t, v, alpha_bar), alpha_bar), z0)
+
+
+@pytest.mark.parametrize("max_beta", [1.0, 0.0, 1.5])
+def test_cosine_schedule_refuses_a_max_beta_that_destroys_the_signal(max_beta):
+    # with max_beta = 1 the last step would leave alpha_bar ~ 1e-33 and x0_hat would explode in every sampler
+    with pytest.raises(ValueError, match="max_beta"):
+        cosine_beta_schedule(1000, max_beta=max_beta)

@@ -3,7 +3,8 @@ browser download) opens every page of the HTML from a local server, with every o
 
 ``make test`` builds the book at the smoke budget and sets ``LDM_BOOK_HTML`` to it; without that these tests skip.
 Per page: no console or script errors, no request leaves localhost, every ``<img>`` loaded, no empty output
-area, and every slider player changes its picture when moved. Chapter pages also need their sliders, a Colab
+area, every slider player changes its picture when moved, and every formula is typeset by MathJax (no raw TeX
+left in the text). Chapter pages also need their sliders, a Colab
 link to their notebook, and citations that link into the bibliography. The last test breaks a copy of a page on
 purpose and checks that these checks notice each fault.
 """
@@ -42,6 +43,20 @@ EMPTY_OUTPUTS = """() => Array.from(document.querySelectorAll('.cell_output')).f
     copy.querySelectorAll('script, style').forEach(node => node.remove());
     return !copy.textContent.trim() && !copy.querySelector('img, svg, canvas, table, video');
 }).length"""
+# After MathJax's first typesetting pass: how many math elements the page has, those still holding raw TeX (not
+# replaced by MathJax's output), and text anywhere outside code that still shows TeX delimiters \( or \[.
+MATH = r"""async () => {
+    if (window.MathJax && MathJax.startup && MathJax.startup.promise) { await MathJax.startup.promise; }
+    const math = Array.from(document.querySelectorAll('.math'));
+    const untypeset = math.filter(e => !e.querySelector('mjx-container')).map(e => e.textContent.trim().slice(0, 60));
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    const raw = [];
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        if (node.parentElement.closest('pre, code, script, style, textarea, mjx-container, .highlight')) { continue; }
+        if (/\\\(|\\\[/.test(node.textContent)) { raw.push(node.textContent.trim().slice(0, 60)); }
+    }
+    return {count: math.length, untypeset: untypeset, raw: raw, mathjax: Boolean(window.MathJax && MathJax.version)};
+}"""
 BROKEN_IMAGES = """() => Array.from(document.images)
     .filter(image => !(image.complete && image.naturalWidth > 0)).map(image => image.src.slice(0, 100))"""
 
@@ -120,7 +135,18 @@ def check_page(browser, base: str, page_path: str) -> list[str]:
         if empty:
             problems.append(f"{empty} empty output area(s)")
         problems += check_sliders(page, SLIDERS.get(page_path, set()))
+        problems += check_math(page)
         return list(problems)
+
+
+def check_math(page) -> list[str]:
+    """Every formula typeset by MathJax (served locally: the network is blocked), and no raw TeX left in the text."""
+    math = page.evaluate(MATH)
+    problems = [f"formula not typeset: {text}" for text in math["untypeset"]]
+    problems += [f"raw TeX in the page: {text}" for text in math["raw"] if text not in math["untypeset"]]
+    if math["count"] and not math["mathjax"]:
+        problems.append(f"{math['count']} formulas but no MathJax loaded")
+    return problems
 
 
 def check_sliders(page, required: set[str]) -> list[str]:
@@ -156,6 +182,18 @@ def test_page_works_offline(browser, site, page_path):
     assert check_page(browser, site, page_path) == []
 
 
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_formulas_are_typeset(browser, site, chapter):
+    """Every chapter has formulas; each one is rendered by MathJax (check_page also asserts none is left raw)."""
+    with offline_page(browser, site) as (page, problems):
+        page.goto(f"{site}book/{chapter}.html", wait_until="load")
+        page.wait_for_load_state("networkidle")
+        math = page.evaluate(MATH)
+        rendered = page.locator(".math mjx-container").count()
+    assert math["count"] > 0 and math["mathjax"], f"{chapter}: {math}"
+    assert rendered >= math["count"] and not math["untypeset"] and not math["raw"], f"{chapter}: {math}"
+
+
 def test_every_chapter_and_every_slider_page_is_built():
     built = {p.removeprefix("book/").removesuffix(".html") for p in PAGES}
     assert set(CHAPTERS) <= built, f"chapters missing from the HTML: {sorted(set(CHAPTERS) - built)}"
@@ -188,8 +226,8 @@ def test_citations_link_into_the_bibliography(browser, site, chapter):
 
 def test_the_checks_catch_a_broken_page(browser, tmp_path):
     """Break a copy of chapter 2: one figure's file is gone, the forward-process player becomes a plain picture of
-    its first frame, and the page gains a script from a CDN, a script that logs an error and an empty output
-    area. The same checks must report each."""
+    its first frame, and the page gains a script from a CDN, a script that logs an error, an empty output area and
+    a formula outside MathJax's reach. The same checks must report each."""
     copy = tmp_path / "html"
     shutil.copytree(HTML, copy)
     page = copy / "book" / "02_ldm_objective.html"
@@ -201,7 +239,7 @@ def test_the_checks_catch_a_broken_page(browser, tmp_path):
     frame = re.search(r'<img [^>]*src="data:image/png;base64,[^"]+">', player.group(0)).group(0)
     text = text[:player.start()] + frame + text[player.end():]
     additions = ('<script src="https://cdn.example.org/widgets.js"></script><script>console.error("broken")</script>'
-                 '<div class="cell_output"><div class="output"></div></div></body>')
+                 '<div class="cell_output"><div class="output"></div></div><p>\\(\\tau_\\theta\\)</p></body>')
     page.write_text(text.replace("</body>", additions, 1))
     with serve(copy) as base:
         problems = check_page(browser, base, "book/02_ldm_objective.html")
@@ -210,3 +248,4 @@ def test_the_checks_catch_a_broken_page(browser, tmp_path):
     assert "request that needs the network: https://cdn.example.org/widgets.js" in problems, problems
     assert "console error: broken" in problems, problems
     assert "1 empty output area(s)" in problems, problems
+    assert r"raw TeX in the page: \(\tau_\theta\)" in problems, problems
