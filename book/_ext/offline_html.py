@@ -1,4 +1,5 @@
-"""A Sphinx extension for pages that work offline with a clean browser console (checked by tests/browser).
+"""A Sphinx extension for pages that work offline with a clean browser console and typeset math (checked by
+tests/browser).
 
 sphinx-thebe adds its inline configuration script to every page twice, and the second copy fails in the browser
 ("Identifier 'THEBE_JS_URL' has already been declared"): one copy has filename None, the other "". Keep the first
@@ -19,6 +20,8 @@ def _unique_scripts(app, pagename, templatename, context, doctree):
 
 
 def setup(app):
+    # MathJax on every page, not only on pages with equations: the navigation's chapter titles carry math too
+    app.set_html_assets_policy("always")
     # early: Sphinx stops calling html-page-context handlers once one returns a template name
     app.connect("html-page-context", _unique_scripts, priority=100)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

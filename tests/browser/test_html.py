@@ -226,8 +226,8 @@ def test_citations_link_into_the_bibliography(browser, site, chapter):
 
 def test_the_checks_catch_a_broken_page(browser, tmp_path):
     """Break a copy of chapter 2: one figure's file is gone, the forward-process player becomes a plain picture of
-    its first frame, and the page gains a script from a CDN, a script that logs an error, an empty output area and
-    a formula outside MathJax's reach. The same checks must report each."""
+    its first frame, MathJax's script is gone, and the page gains a script from a CDN, a script that logs an error,
+    an empty output area and a formula in plain text. The same checks must report each."""
     copy = tmp_path / "html"
     shutil.copytree(HTML, copy)
     page = copy / "book" / "02_ldm_objective.html"
@@ -239,7 +239,9 @@ def test_the_checks_catch_a_broken_page(browser, tmp_path):
     frame = re.search(r'<img [^>]*src="data:image/png;base64,[^"]+">', player.group(0)).group(0)
     text = text[:player.start()] + frame + text[player.end():]
     additions = ('<script src="https://cdn.example.org/widgets.js"></script><script>console.error("broken")</script>'
-                 '<div class="cell_output"><div class="output"></div></div><p>\\(\\tau_\\theta\\)</p></body>')
+                 '<div class="cell_output"><div class="output"></div></div><p>\\(x_\\mathrm{raw}\\)</p></body>')
+    mathjax = re.search(r'<script[^>]*src="[^"]*mathjax/[^"]*"[^>]*></script>', text).group(0)
+    text = text.replace(mathjax, "")  # the page's formulas are left as raw TeX, as before the MathJax fix
     page.write_text(text.replace("</body>", additions, 1))
     with serve(copy) as base:
         problems = check_page(browser, base, "book/02_ldm_objective.html")
@@ -248,4 +250,6 @@ def test_the_checks_catch_a_broken_page(browser, tmp_path):
     assert "request that needs the network: https://cdn.example.org/widgets.js" in problems, problems
     assert "console error: broken" in problems, problems
     assert "1 empty output area(s)" in problems, problems
-    assert r"raw TeX in the page: \(\tau_\theta\)" in problems, problems
+    assert r"raw TeX in the page: \(x_\mathrm{raw}\)" in problems, problems
+    assert any(p.startswith("formula not typeset") for p in problems) and any(
+        p.endswith("formulas but no MathJax loaded") for p in problems), problems
