@@ -73,7 +73,6 @@ class ClassEmbedder(nn.Module):
         return torch.full((batch_size,), self.null_label, dtype=torch.int64, device=device)
 
 
-
 class Tokenizer:
     """A word-level tokenizer over a fixed vocabulary: lower-case, split on spaces, one id per word, padded.
 

@@ -104,23 +104,21 @@ class Budget:
     min_both_correct: float  # chapter 5: guidance 3, seen and held-out pairs
 
 
-_SMOKE_AE = AutoencoderRecipe(config=AutoencoderConfig.tiny(), steps=150, batch_size=32)
-
 # Why each number: smoke keeps `make test` within minutes (every chapter in well under a minute on 2 cores); book is
 # what 2 CPU cores train while a reader reads (chapter 5's 6,000 steps are the fewest measured that learn word
 # order, see its table); full is a first guess for one GPU, not yet run (no GPU was lent when it was written).
-BUDGET_TABLE: dict[str, Budget] = {
-    "smoke": Budget(
+BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
+    Budget(
         name="smoke",
         classifier=ClassifierRecipe(width=8, steps=150, batch_size=32),
-        autoencoder=_SMOKE_AE,
+        autoencoder=AutoencoderRecipe(config=AutoencoderConfig.tiny(), steps=150, batch_size=32),
         unet=UNetConfig.tiny(),
         steps_unconditional=150, steps_conditional=150, batch_size=32, lr=5e-4, ema_decay=0.9,
         text_steps=150, text_canvases=1000,
         samples=30, sweep_samples=30, kid_subset=30, bootstrap=10,
         claims=False, min_psnr=0.0, min_classifier_accuracy=0.3, min_cond_accuracy=0.0, min_both_correct=0.0,
     ),
-    "book": Budget(
+    Budget(
         name="book",
         classifier=ClassifierRecipe(width=32, steps=1000, batch_size=64),
         autoencoder=AutoencoderRecipe(config=AutoencoderConfig(), steps=400, batch_size=32),
@@ -130,7 +128,7 @@ BUDGET_TABLE: dict[str, Budget] = {
         samples=200, sweep_samples=100, kid_subset=100, bootstrap=50,
         claims=True, min_psnr=22.0, min_classifier_accuracy=0.97, min_cond_accuracy=0.8, min_both_correct=0.8,
     ),
-    "full": Budget(
+    Budget(
         name="full",
         classifier=ClassifierRecipe(width=32, steps=4000, batch_size=128),
         autoencoder=AutoencoderRecipe(config=AutoencoderConfig(channels=64, channel_mult=(1, 2, 2)), steps=8000,
@@ -141,7 +139,7 @@ BUDGET_TABLE: dict[str, Budget] = {
         samples=1000, sweep_samples=500, kid_subset=500, bootstrap=50,
         claims=True, min_psnr=24.0, min_classifier_accuracy=0.98, min_cond_accuracy=0.9, min_both_correct=0.8,
     ),
-}
+)}
 
 
 def budget_table(budget: str | None = None) -> Budget:

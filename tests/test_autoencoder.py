@@ -100,3 +100,37 @@ def test_vq_loss_is_codebook_plus_commitment_with_the_right_stop_gradients():
     flat_index = quantized.indices.flatten()
     code_grad.index_add_(0, flat_index, 2 * (e - z.detach()).permute(0, 2, 3, 1).reshape(-1, 2))
     torch.testing.assert_close(quantizer.codebook.weight.grad, code_grad)
+
+
+def test_scale_factor_is_one_over_the_latent_std_far_from_one():
+    # an autoencoder whose latents are far from unit scale: the encoder's mean and std both 7x larger (the log-
+    # variance + log 49), so every posterior sample is exactly 7x larger for the same noise
+    import math
+
+    from ldm_core.autoencoder import latent_scale_factor
+    from ldm_core.pipeline import LatentDiffusion
+    from ldm_core.schedules import alpha_bar_from_betas, linear_beta_schedule
+    from ldm_core.unet import Denoiser, UNet, UNetConfig
+
+    torch.manual_seed(0)
+    model = Autoencoder(AutoencoderConfig.tiny())
+    c = model.config.latent_channels
+    x = torch.rand(64, 1, 32, 32) * 2 - 1
+    base = latent_scale_factor(model, x, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.encoder[-1].weight[:c] *= 7
+        model.encoder[-1].bias[:c] *= 7
+        model.encoder[-1].bias[c:] += math.log(49)
+    loud = latent_scale_factor(model, x, torch.Generator().manual_seed(0))
+    assert base / loud == pytest.approx(7, rel=1e-4)  # 1 / std: a missing or inverted factor fails here
+    model.scale_factor.fill_(loud)
+    ldm = LatentDiffusion(model, Denoiser(UNet(UNetConfig.tiny(in_channels=c))),
+                          alpha_bar_from_betas(linear_beta_schedule(10)))
+    with torch.no_grad():
+        raw = model.encode(x).sample(torch.Generator().manual_seed(1))
+    assert raw.std().item() > 5 and abs((loud * raw).std().item() - 1) < 0.05  # unit scale after the factor
+    z = ldm.encode(x)  # the pipeline's latents carry the factor, and its decoder removes it
+    torch.testing.assert_close(z, loud * model.encode(x).mode())
+    torch.testing.assert_close(ldm.decode(z), model.decode(model.encode(x).mode()))
+    with pytest.raises(ValueError, match="at least 2 images"):
+        latent_scale_factor(model, x[:1])
