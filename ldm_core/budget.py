@@ -6,7 +6,8 @@ One switch, the environment variable ``LDM_BUDGET``, chooses sizes and step coun
 - ``book``: the default and the HTML build; results worth looking at in about 5 minutes a chapter on 2 CPU cores.
 - ``full``: a GPU; the default when ``LDM_BUDGET`` is unset and CUDA is available.
 
-The budget changes sizes and step counts, never the code path.
+The budget changes sizes, step counts, sample counts and the thresholds of the chapters' checks, all read from one
+table (:data:`ldm_core.recipes.BUDGET_TABLE`), never the code path.
 """
 
 from __future__ import annotations

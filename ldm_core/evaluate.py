@@ -54,9 +54,13 @@ class Judge:
 
     def floor(self, n: int, seed: int = 0) -> tuple[float, float]:
         """(FID, standard error) of n random real training digits: the best a generator of n samples can hope for."""
-        x_train, _ = load_mnist("train")
-        pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))[:n]
-        return self.fid(x_train[pick])
+        return self.fid(real_digits(n, seed))
+
+
+def real_digits(n: int, seed: int = 0) -> torch.Tensor:
+    """n training digits drawn at random (all classes), (n, 1, 32, 32) in [-1, 1]: the floor's images."""
+    x_train, _ = load_mnist("train")
+    return x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))[:n]]
 
 
 def class_labels(n: int) -> torch.Tensor:

@@ -4,8 +4,8 @@ A recipe is a frozen dataclass that says how a model is made: its architecture, 
 seed. It also keys the artifact cache (:mod:`ldm_core.cache`), so a changed recipe never loads a stale model.
 
 :data:`BUDGET_TABLE` holds, for each budget (smoke | book | full), every number that differs between them: model
-sizes and step counts, the sample counts that chapters and the benchmark measure with, and the thresholds that the
-chapters' Checks assert. Nothing else in the package or the book picks a number by budget; read one row with
+sizes and step counts, the sample counts that chapters and the benchmark measure with, and those thresholds of the
+chapters' Checks that differ between budgets. Nothing else in the package or the book picks a number by budget; read one row with
 :func:`budget_table`.
 """
 

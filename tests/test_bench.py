@@ -5,13 +5,14 @@ import shutil
 from ldm_core.bench import main
 
 KEYS = {"budget", "device", "torch_version", "peak_rss_mb", "chapter_seconds", "classifier_test_accuracy",
-        "fid_floor_train_vs_test", "autoencoder", "ldm", "text2img"}
+        "fid_floor_train_vs_test", "fid_floor_train_vs_test_se", "autoencoder", "ldm", "text2img"}
 AUTOENCODERS = {"kl_f1", "kl_f2", "kl_f4", "kl_f8", "vq_f4", "kl_f4_perceptual", "kl_f4_perceptual_adversarial"}
 SCORES = {"psnr", "ssim", "rfid"}
 LDM_KEYS = {"fid", "kid", "cond_accuracy_guidance_1", "cond_accuracy_guidance_3", "fid_ddim_50", "fid_ddpm_1000",
             "ddim_50_samples_per_s", "ddpm_1000_samples_per_s", "train_ms_per_step_latent_f4", "train_ms_per_step_pixel",
             "fid_pixel", "samples_per_s_latent_f4", "samples_per_s_pixel", "train_steps_latent_f4", "train_steps_pixel",
-            "train_seconds_latent_f4", "train_seconds_pixel"}
+            "train_seconds_latent_f4", "train_seconds_pixel", "fid_se", "fid_pixel_se", "fid_ddim_50_se",
+            "fid_ddpm_1000_se", "samples", "sweep_samples"}
 
 
 def test_bench_writes_every_documented_key(tmp_path):

@@ -9,7 +9,7 @@ copy of each script (same file, same attributes and body).
 
 def _unique_scripts(app, pagename, templatename, context, doctree):
     seen, unique = set(), []
-    for script in context.get("script_files", []):
+    for script in context["script_files"]:
         key = (script.filename or "", tuple(sorted(script.attributes.items())))
         if key not in seen:
             seen.add(key)
