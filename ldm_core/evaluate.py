@@ -39,14 +39,12 @@ class Judge:
         self.x_test, self.y_test = load_mnist("test")
         self.test_features = features(classifier, self.x_test)  # (1000, 128)
 
-    def fid(self, x: torch.Tensor) -> tuple[float, float]:
-        """(FID, bootstrap standard error) of images x (N, 1, 32, 32) in [-1, 1] against the test digits."""
+    def scores(self, x: torch.Tensor) -> dict[str, float]:
+        """FID, its bootstrap standard error and KID (subsets of min(kid_subset, N)) of images x (N, 1, 32, 32) in
+        [-1, 1] against the test digits, from one pass of the classifier: dict(fid, fid_se, kid)."""
         f = features(self.classifier, x)
-        return fid(f, self.test_features), fid_bootstrap_se(f, self.test_features, self.bootstrap)
-
-    def kid(self, x: torch.Tensor) -> float:
-        """KID of images x (N, 1, 32, 32) against the test digits, subsets of min(kid_subset, N)."""
-        return kid(features(self.classifier, x), self.test_features, subset_size=min(self.kid_subset, len(x)))
+        return {"fid": fid(f, self.test_features), "fid_se": fid_bootstrap_se(f, self.test_features, self.bootstrap),
+                "kid": kid(f, self.test_features, subset_size=min(self.kid_subset, len(x)))}
 
     def accuracy(self, x: torch.Tensor, labels: torch.Tensor) -> float:
         """Fraction of images x the classifier labels as ``labels`` (N,): the conditional accuracy."""
@@ -54,7 +52,8 @@ class Judge:
 
     def floor(self, n: int, seed: int = 0) -> tuple[float, float]:
         """(FID, standard error) of n random real training digits: the best a generator of n samples can hope for."""
-        return self.fid(real_digits(n, seed))
+        scores = self.scores(real_digits(n, seed))
+        return scores["fid"], scores["fid_se"]
 
 
 def real_digits(n: int, seed: int = 0) -> torch.Tensor:
@@ -97,8 +96,7 @@ def measure_samples(ldm: LatentDiffusion, judge: Judge, n: int, **sample_kwargs)
     conditional = ldm.denoiser.conditioner is not None
     labels = class_labels(n) if conditional else None
     x, per_s = timed_samples(ldm, labels, None if conditional else n, **sample_kwargs)
-    result = dict(x=x, per_s=per_s, kid=judge.kid(x))
-    result["fid"], result["fid_se"] = judge.fid(x)
+    result = dict(x=x, per_s=per_s, **judge.scores(x))
     if conditional:
         result["labels"], result["accuracy"] = labels, judge.accuracy(x, labels)
     return result

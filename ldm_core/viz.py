@@ -126,10 +126,8 @@ def exercise_live_sliders() -> int:
     global the chapter has since rebound raises here. Returns the number of calls made."""
     calls = 0
     for fn, values in LIVE_SLIDERS:
-        for position in ("first", "middle", "last"):
-            chosen = {name: list(v)[{"first": 0, "middle": len(v) // 2, "last": len(v) - 1}[position]]
-                      for name, v in values.items()}
-            result = fn(**chosen)
+        for pick in (lambda v: v[0], lambda v: v[len(v) // 2], lambda v: v[-1]):
+            result = fn(**{name: pick(v) for name, v in values.items()})
             if isinstance(result, plt.Figure):
                 plt.close(result)
             calls += 1
