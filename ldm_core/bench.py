@@ -1,6 +1,11 @@
 """The benchmark: every number the book quotes, measured one way, written to JSON.
 
     python -m ldm_core.bench --budget {smoke,book,full} --out PATH
+    python -m ldm_core.bench --budget book --study --out bench/study-book.json
+
+The second form is the study of quality per CPU-second (chapter 2): the class-conditional model trained with one
+change at a time from the book's recipe, measured along each run, and the cost of a training step under each
+CPU option (:func:`study`, :func:`throughput`).
 
 Runs every chapter at the budget (which trains and caches the models; a warm cache is reused), then measures
 the cached models, one function per chapter, each through the calls the chapter itself makes
@@ -20,49 +25,69 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from . import __version__, pretrained
 from .budget import BUDGETS, get_device
 from .cache import cache_dir
 from .evaluate import Judge, measure_captions, measure_samples
 from .metrics import reconstruction_scores
-from .recipes import Budget, autoencoder_study, budget_table, diffusion_recipe
+from .recipes import Budget, DiffusionRecipe, autoencoder_study, budget_table, diffusion_recipe
 from .train import diffusion_loss
-from .unet import UNet
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
 
 
-def run_chapters(budget: str) -> dict:
-    """Execute each chapter in a fresh kernel at ``budget``; returns {notebook stem: seconds}."""
+def run_chapters(budget: str, keep: Path | None = None) -> tuple[dict, dict]:
+    """Execute each chapter in a fresh kernel at ``budget``, in order, sharing the artifact cache.
+
+    Args:
+        keep: if set, write each executed notebook there (outputs included), to read what the chapter printed.
+
+    Returns:
+        ({notebook stem: seconds}, {notebook stem: the end of the error of a chapter that failed}); a failed
+        chapter does not stop the others.
+    """
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
 
     chapters = sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
     if not chapters:
         raise FileNotFoundError(f"no chapters in {BOOK}; run the benchmark from a clone of the repository")
     os.environ["LDM_BUDGET"] = budget  # the kernels inherit it
-    seconds = {}
+    seconds, errors = {}, {}
     for path in chapters:
         notebook = nbformat.read(path, as_version=4)
         start = time.perf_counter()
-        NotebookClient(notebook, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}}).execute()
+        try:
+            NotebookClient(notebook, timeout=3600, kernel_name="python3",
+                           resources={"metadata": {"path": str(BOOK)}}).execute()
+        except CellExecutionError as error:
+            errors[path.stem] = str(error)[-2000:]
         seconds[path.stem] = round(time.perf_counter() - start, 1)
-        print(f"{path.stem}: {seconds[path.stem]} s", flush=True)
-    return seconds
+        print(f"{path.stem}: {seconds[path.stem]} s{' FAILED' if path.stem in errors else ''}", flush=True)
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            nbformat.write(notebook, keep / path.name)
+    return seconds, errors
 
 
-def train_ms_per_step(unet_config, shape: tuple, batch_size: int, steps: int = 5) -> float:
-    """Mean wall time (ms) of one training step (forward, backward, AdamW) of a fresh UNet on random data."""
-    device = get_device()
-    unet = UNet(unet_config).to(device)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+def train_ms_per_step(model: nn.Module, z0: torch.Tensor, cond=None, steps: int = 10, bf16: bool = False,
+                      channels_last: bool = False) -> float:
+    """Mean wall time (ms) of one training step (forward, backward, AdamW) of ``model`` on the batch ``z0``, after
+    two warm-up steps; ``bf16``: the forward pass under bf16 autocast; ``channels_last``: model and input in that
+    memory format."""
+    device = z0.device
+    if channels_last:
+        model, z0 = model.to(memory_format=torch.channels_last), z0.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     alpha_bar = torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
-    z0 = torch.randn(batch_size, *shape, device=device)
     times = []
-    for i in range(steps + 2):  # two warm-up steps
+    for _ in range(steps + 2):
         start = time.perf_counter()
-        loss = diffusion_loss(lambda z, t, c: unet(z, t), z0, alpha_bar)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = diffusion_loss(model, z0, alpha_bar, cond)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -70,6 +95,15 @@ def train_ms_per_step(unet_config, shape: tuple, batch_size: int, steps: int = 5
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return 1000 * sum(times[2:]) / steps
+
+
+def _fresh_batch(recipe: DiffusionRecipe) -> tuple[nn.Module, torch.Tensor, torch.Tensor | None]:
+    """A fresh denoiser of the recipe and a random batch of its inputs (latents, labels) on the device."""
+    device = get_device()
+    f = recipe.autoencoder.config.f if recipe.autoencoder is not None else 1
+    z0 = torch.randn(recipe.batch_size, recipe.unet.in_channels, 32 // f, 32 // f, device=device)
+    cond = torch.arange(recipe.batch_size, device=device) % 10 if recipe.conditional else None
+    return pretrained.build_denoiser(recipe).to(device), z0, cond
 
 
 def measure_autoencoders(row: Budget, judge: Judge) -> dict:
@@ -87,23 +121,21 @@ def measure_autoencoders(row: Budget, judge: Judge) -> dict:
 
 
 def measure_unconditional(row: Budget, judge: Judge) -> dict:
-    """Chapter 2: the unconditional model on latents and the same UNet on pixels, trained with equal FLOPs."""
+    """Chapter 2: the unconditional latent model (``samples``), and its race against the same UNet on pixels,
+    trained with equal FLOPs (``sweep_samples`` each: the pixel model samples many times slower)."""
     ldm = {}
     for space, suffix in [("kl_f4", "latent_f4"), ("pixel", "pixel")]:
         model, run = pretrained.latent_diffusion(row.name, conditional=False, space=space)
-        m = measure_samples(model, judge, row.samples, sampler="ddim", steps=50)
-        key = "fid" if space == "kl_f4" else "fid_pixel"
-        ldm[key], ldm[f"{key}_se"], ldm[f"samples_per_s_{suffix}"] = m["fid"], m["fid_se"], m["per_s"]
         if space == "kl_f4":
-            ldm["kid"] = m["kid"]
+            m = measure_samples(model, judge, row.samples, sampler="ddim", steps=50)
+            ldm["fid"], ldm["fid_se"], ldm["kid"] = m["fid"], m["fid_se"], m["kid"]
+        m = measure_samples(model, judge, row.sweep_samples, sampler="ddim", steps=50)
+        ldm[f"race_fid_{suffix}"], ldm[f"race_fid_{suffix}_se"] = m["fid"], m["fid_se"]
+        ldm[f"samples_per_s_{suffix}"] = m["per_s"]
         ldm[f"train_steps_{suffix}"], ldm[f"train_seconds_{suffix}"] = run.recipe.steps, run.history["seconds"]
-    # cost per training step: the same UNet (no cross-attention) on latents and on pixels, same batch size
-    recipe = diffusion_recipe(row.name, conditional=False)
-    f = recipe.autoencoder.config.f
-    shape = (recipe.unet.in_channels, 32 // f, 32 // f)
-    ldm["train_ms_per_step_latent_f4"] = train_ms_per_step(recipe.unet, shape, recipe.batch_size)
-    pixel_unet = dataclasses.replace(recipe.unet, in_channels=1)
-    ldm["train_ms_per_step_pixel"] = train_ms_per_step(pixel_unet, (1, 32, 32), recipe.batch_size)
+    # cost per training step: the same UNet on latents and on pixels, same batch size, fresh weights
+    for space, suffix in [("kl_f4", "latent_f4"), ("pixel", "pixel")]:
+        ldm[f"train_ms_per_step_{suffix}"] = train_ms_per_step(*_fresh_batch(diffusion_recipe(row.name, False, space)))
     return ldm
 
 
@@ -137,12 +169,136 @@ def measure(budget: str) -> dict:
     row = budget_table(budget)
     judge = Judge(pretrained.classifier(budget).model, row.kid_subset, row.bootstrap)
     floor, floor_se = judge.floor(row.samples)
+    sweep_floor, sweep_floor_se = judge.floor(row.sweep_samples)
     result = {"classifier_test_accuracy": judge.accuracy(judge.x_test, judge.y_test),
               "fid_floor_train_vs_test": floor, "fid_floor_train_vs_test_se": floor_se,
+              "fid_floor_sweep_samples": sweep_floor, "fid_floor_sweep_samples_se": sweep_floor_se,
               "autoencoder": measure_autoencoders(row, judge)}
     result["ldm"] = {**measure_unconditional(row, judge), **measure_conditional(row, judge),
                      "samples": row.samples, "sweep_samples": row.sweep_samples}
     result["text2img"] = measure_text(row, judge)
+    return result
+
+
+# The study's runs, each as its change from the book's recipe (``chosen``: v-prediction with plain v-MSE, AdamW
+# at 4e-3 after 100 warm-up steps with a cosine decay, EMA with warm-up, linear schedule, batch 64, width 32).
+# ``before`` is version 0.3.0's recipe; ``eps_lr_2e-3`` the first calibration of issue 15 (eps, Min-SNR-5, 2e-3),
+# from which the first round changed one thing at a time; the second round changed lr, weighting, batch and
+# schedule of v-prediction. A run with another batch size takes as many steps as see the same number of examples.
+_EPS = dict(prediction="eps", lr=2e-3, min_snr_gamma=5.0)
+_MIN_SNR = dict(min_snr_gamma=5.0)
+STUDY = {
+    "chosen": {},
+    "before": dict(prediction="eps", lr=5e-4, warmup_steps=0, lr_decay="constant", min_snr_gamma=None,
+                   ema_warmup=False),
+    "eps_lr_2e-3": _EPS,
+    "eps_uniform_weighting": {**_EPS, "min_snr_gamma": None},
+    "eps_lr_1e-3": {**_EPS, "lr": 1e-3},
+    "eps_lr_4e-3": {**_EPS, "lr": 4e-3},
+    "eps_batch_32": {**_EPS, "batch_size": 32},
+    "eps_batch_128": {**_EPS, "batch_size": 128},
+    "eps_width_48": {**_EPS, "width": 48},
+    "eps_schedule_cosine": {**_EPS, "schedule": "cosine"},
+    "eps_schedule_scaled_linear": {**_EPS, "schedule": "scaled_linear"},
+    "v_min_snr_5": _MIN_SNR,
+    "v_min_snr_5_lr_2e-3": {**_MIN_SNR, "lr": 2e-3},
+    "v_min_snr_5_batch_32": {**_MIN_SNR, "batch_size": 32},
+    "v_min_snr_5_schedule_scaled_linear": {**_MIN_SNR, "schedule": "scaled_linear"},
+}
+
+
+def study_recipe(budget: str, change: dict) -> DiffusionRecipe:
+    """The class-conditional recipe with one change of :data:`STUDY` (``width``: the UNet's first width and the
+    label token's), for the budget table's ``study_steps`` at the book's batch size: a run with another batch
+    size takes as many steps as see the same number of examples."""
+    row = budget_table(budget)
+    base = dataclasses.replace(diffusion_recipe(budget, conditional=True), steps=row.study_steps)
+    change = dict(change)
+    if "width" in change:
+        width = change.pop("width")
+        base = dataclasses.replace(base, unet=dataclasses.replace(base.unet, channels=width, d_context=width))
+    recipe = dataclasses.replace(base, **change)
+    return dataclasses.replace(recipe, steps=round(base.steps * base.batch_size / recipe.batch_size))  # validated
+
+
+def study_record(recipe: DiffusionRecipe) -> dict:
+    """The fields of a study run's recipe that the study varies, as JSON (the first stage is the book's)."""
+    fields = ("steps", "batch_size", "lr", "warmup_steps", "lr_decay", "ema_decay", "ema_warmup", "schedule",
+              "prediction", "min_snr_gamma")
+    return {"unet": dataclasses.asdict(recipe.unet), **{name: getattr(recipe, name) for name in fields}}
+
+
+def study(budget: str, names: list[str] | None = None) -> dict:
+    """Quality per CPU-second: for each run of :data:`STUDY` (or those named), train the class-conditional model
+    from scratch (not cached) and measure it at four points along the run: conditional accuracy and FID of
+    ``sweep_samples`` samples (DDIM 50, guidance 1, the judge of every chapter) against training seconds.
+
+    Returns:
+        {name: dict(change, recipe (:func:`study_record`), steps, batch_size, seconds,
+        curve=[dict(step, seconds, accuracy, fid, fid_se)])}.
+    """
+    from .data import load_mnist
+    from .pipeline import LatentDiffusion
+    from .train import fit_diffusion
+
+    row = budget_table(budget)
+    judge = Judge(pretrained.classifier(budget).model, row.kid_subset, row.bootstrap)
+    device = get_device()
+    first_stage = pretrained.autoencoder(budget).model.to(device)
+    x, y = load_mnist("train")
+    result = {}
+    for name in names or list(STUDY):
+        recipe = study_recipe(budget, STUDY[name])
+
+        def monitor(denoiser: nn.Module) -> dict:
+            ldm = LatentDiffusion(first_stage, denoiser, recipe.alpha_bar().to(device), prediction=recipe.prediction)
+            m = measure_samples(ldm, judge, row.sweep_samples, sampler="ddim", steps=50)
+            return {"accuracy": m["accuracy"], "fid": m["fid"], "fid_se": m["fid_se"]}
+
+        model = pretrained.build_denoiser(recipe).to(device)
+        history = fit_diffusion(model, first_stage, x, y, recipe, desc=f"study: {name}", monitor=monitor,
+                                monitor_every=max(recipe.steps // 4, 1))
+        result[name] = {"change": STUDY[name], "recipe": study_record(recipe), "steps": recipe.steps,
+                        "batch_size": recipe.batch_size, "seconds": history["seconds"], "curve": history["monitor"]}
+        last = history["monitor"][-1]
+        print(f"{name}: {recipe.steps} steps in {history['seconds']:.0f} s, accuracy {last['accuracy']:.3f}, "
+              f"FID {last['fid']:.1f} +- {last['fid_se']:.1f}", flush=True)
+    return result
+
+
+def _earlier_runs(path: Path, budget: str, names: list[str] | None) -> dict:
+    """With ``--runs``, the other runs of an earlier study at ``path`` that are still valid: same budget and
+    version, still in :data:`STUDY`, with the recipe the code makes now. Without ``--runs``, nothing."""
+    if not names or not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("budget") != budget or earlier.get("ldm_core_version") != __version__:
+        return {}
+    return {name: run for name, run in earlier.get("study", {}).items()
+            if name in STUDY and name not in names
+            and run.get("recipe") == json.loads(json.dumps(study_record(study_recipe(budget, STUDY[name]))))}
+
+
+def throughput(budget: str) -> dict:
+    """ms per training step of the class-conditional denoiser at the budget's batch size under each CPU option:
+    fp32 with torch's default threads (the book's), with one thread, bf16 autocast, channels-last memory, and
+    ``torch.compile``. An option that fails here is recorded with its error instead of a time."""
+    recipe = diffusion_recipe(budget, conditional=True)
+    result = {"threads_default": torch.get_num_threads()}
+    options = {"fp32": {}, "bf16_autocast": dict(bf16=True), "channels_last": dict(channels_last=True)}
+    for name, kwargs in options.items():
+        result[name] = train_ms_per_step(*_fresh_batch(recipe), **kwargs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result["fp32_one_thread"] = train_ms_per_step(*_fresh_batch(recipe))
+    finally:
+        torch.set_num_threads(threads)
+    try:
+        model, z0, cond = _fresh_batch(recipe)
+        result["compile"] = train_ms_per_step(torch.compile(model), z0, cond)
+    except Exception as error:  # a missing compiler, an unsupported platform: a fact about this machine
+        result["compile"] = f"failed: {type(error).__name__}: {str(error)[:200]}"
     return result
 
 
@@ -151,6 +307,10 @@ def main(argv=None) -> None:
     parser.add_argument("--budget", choices=BUDGETS, required=True)
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON")
     parser.add_argument("--skip-chapters", action="store_true", help="measure the cached models only")
+    parser.add_argument("--keep", type=Path, help="write the executed chapters to this folder")
+    parser.add_argument("--study", action="store_true", help="run the study of quality per CPU-second instead")
+    parser.add_argument("--runs", nargs="+", choices=list(STUDY),
+                        help="with --study: only these runs, kept beside the still valid runs of an earlier --out")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     start = time.perf_counter()
@@ -158,9 +318,16 @@ def main(argv=None) -> None:
               "ldm_core_version": __version__, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
               f"{platform.python_implementation()} {platform.python_version()}"}
     # with an empty cache the chapter times include training every model; with a warm one, only loading them
-    result["cache_was_empty"] = not any(cache_dir().glob("*.pt"))
-    result["chapter_seconds"] = {} if args.skip_chapters else run_chapters(args.budget)
-    result.update(measure(args.budget))
+    if args.study:
+        result["throughput_ms_per_step"] = throughput(args.budget)
+        result["study"] = {**_earlier_runs(args.out, args.budget, args.runs), **study(args.budget, args.runs)}
+    else:
+        # with an empty cache the chapter times include training every model; with a warm one, only loading them
+        result["cache_was_empty"] = not any(cache_dir().glob("*.pt"))
+        result["chapter_seconds"], errors = ({}, {}) if args.skip_chapters else run_chapters(args.budget, args.keep)
+        if errors:
+            result["chapter_errors"] = errors
+        result.update(measure(args.budget))
     result["bench_seconds"] = round(time.perf_counter() - start, 1)
     rss_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     result["peak_rss_mb"] = round(rss_kb / 1024, 1)  # Linux reports kB

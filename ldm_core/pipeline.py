@@ -12,7 +12,7 @@ import torch
 
 from .autoencoder import Autoencoder
 from .samplers import classifier_free_guidance, ddim_sample, ddpm_sample, make_timesteps
-from .schedules import rng_device
+from .schedules import eps_from_v, rng_device
 from .unet import Denoiser
 
 SAMPLERS = ("ddpm", "ddim")
@@ -24,6 +24,13 @@ class LatentDiffusion:
     denoiser: Denoiser  # eps_theta(z_t, t, y)
     alpha_bar: torch.Tensor  # (T,) float64 schedule the denoiser was trained with
     image_size: int | tuple[int, int] = 32  # H = W, or (H, W), of the images, in pixels
+    prediction: str = "eps"  # what the denoiser outputs, "eps" or "v" (its recipe's); samplers receive eps
+
+    def eps(self, z_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        """The denoiser's noise prediction eps_theta(z_t, t, cond), converted from v for a v-prediction model
+        (eps = sqrt(1 - alpha_bar_t) z_t + sqrt(alpha_bar_t) v). Shape of z_t."""
+        out = self.denoiser(z_t, t, cond)
+        return out if self.prediction == "eps" else eps_from_v(z_t, t, out, self.alpha_bar)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -87,11 +94,11 @@ class LatentDiffusion:
         elif noise.shape != (batch, *self.latent_shape):
             raise ValueError(f"noise must be (B, c, h, w) = {(batch, *self.latent_shape)}, got {tuple(noise.shape)}")
         noise = noise.to(self.device)
-        model, cond = self.denoiser, None
+        model, cond = self.eps, None
         if conditional:
             cond = labels.to(self.device)
             if guidance_scale != 1.0:
-                model = classifier_free_guidance(self.denoiser, guidance_scale,
+                model = classifier_free_guidance(self.eps, guidance_scale,
                                                  lambda B: self.denoiser.conditioner.null(B, self.device))
         timesteps = make_timesteps(self.T, steps)
         if sampler == "ddpm":

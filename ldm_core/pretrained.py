@@ -142,7 +142,8 @@ def latent_diffusion(budget: str | None = None, conditional: bool = False,
 
     artifact = load_or_train("conditional-ldm" if conditional else "ldm", recipe, lambda: build_denoiser(recipe),
                              fit, device)
-    return LatentDiffusion(first_stage, artifact.model, recipe.alpha_bar().to(device)), artifact
+    return LatentDiffusion(first_stage, artifact.model, recipe.alpha_bar().to(device),
+                           prediction=recipe.prediction), artifact
 
 
 def caption_tokenizer(max_tokens: int = 8) -> Tokenizer:
@@ -186,4 +187,5 @@ def text_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact
                              to_condition=captions)
 
     artifact = load_or_train("text-ldm", recipe, build, fit, device)
-    return LatentDiffusion(first_stage, artifact.model, d.alpha_bar().to(device), image_size=(32, 64)), artifact
+    return LatentDiffusion(first_stage, artifact.model, d.alpha_bar().to(device), image_size=(32, 64),
+                           prediction=d.prediction), artifact

@@ -18,7 +18,8 @@ import torch
 
 from .autoencoder import AutoencoderConfig
 from .budget import BUDGETS, get_budget
-from .schedules import alpha_bar_from_betas, linear_beta_schedule
+from .schedules import SCHEDULES, alpha_bar_from_betas
+from .train import loss_weight, lr_factor
 from .unet import UNetConfig
 
 
@@ -57,13 +58,26 @@ class DiffusionRecipe:
     conditional: bool = False  # class-conditional through cross-attention to a label token
     p_uncond: float = 0.1  # condition dropout: the fraction of conditions replaced by the null condition
     T: int = 1000  # diffusion steps
-    beta_start: float = 1e-4  # DDPM linear schedule
-    beta_end: float = 0.02
+    schedule: str = "linear"  # a name of schedules.SCHEDULES, with its default endpoints (linear: DDPM's)
+    # the objective and the optimisation, chosen by the study of quality per CPU-second (`python -m ldm_core.bench
+    # --study`, chapter 2): see train.diffusion_loss, train.lr_factor and train.ema_decay_at
+    prediction: str = "v"  # the denoiser's output: "v" or "eps"
+    min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting; None: uniform (plain v-MSE, or L_simple)
+    warmup_steps: int = 0  # linear learning-rate warm-up (the budget table's, in every recipe it makes)
+    lr_decay: str = "cosine"  # then "cosine" decay to 0 or "constant"
+    ema_warmup: bool = True  # the EMA's decay min(ema_decay, (1 + n) / (10 + n)) at update n
     seed: int = 0
 
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {tuple(SCHEDULES)}, got {self.schedule!r}")
+        loss_weight(torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.int64), self.prediction,
+                    self.min_snr_gamma)  # validates prediction and gamma
+        lr_factor(0, self.steps, self.warmup_steps, self.lr_decay)  # validates the learning-rate schedule
+
     def alpha_bar(self) -> torch.Tensor:
-        """The recipe's schedule alpha_bar_t, float64 (T,): DDPM's linear betas from beta_start to beta_end."""
-        return alpha_bar_from_betas(linear_beta_schedule(self.T, self.beta_start, self.beta_end))
+        """The recipe's schedule alpha_bar_t, float64 (T,): ``SCHEDULES[schedule](T)``."""
+        return alpha_bar_from_betas(SCHEDULES[self.schedule](self.T))
 
 
 @dataclass(frozen=True)
@@ -87,7 +101,8 @@ class Budget:
     steps_unconditional: int  # chapter 2's latent model
     steps_conditional: int  # chapter 3's class-conditional model (one more thing to learn)
     batch_size: int  # of every diffusion model
-    lr: float
+    lr: float  # peak learning rate, after `warmup_steps` of linear warm-up, then a cosine decay
+    warmup_steps: int
     ema_decay: float
     text_steps: int  # chapter 5's text-to-image model: two digits and their order are more to learn
     text_canvases: int
@@ -96,6 +111,7 @@ class Budget:
     sweep_samples: int  # per setting of chapter 4's sweeps (and the benchmark's sampler keys)
     kid_subset: int  # KID's subset size (at most the number of samples)
     bootstrap: int  # resamples of a FID's bootstrap standard error
+    study_steps: int  # steps of each run of the benchmark's study (`python -m ldm_core.bench --study`)
     # the chapters' Checks
     claims: bool  # assert the chapters' quality claims; the smoke models train for seconds and claim nothing
     min_psnr: float  # chapter 1: the book's autoencoder on the test digits, dB
@@ -105,17 +121,18 @@ class Budget:
 
 
 # Why each number: smoke keeps `make test` within minutes (every chapter in well under a minute on 2 cores); book is
-# what 2 CPU cores train while a reader reads (chapter 5's 6,000 steps are the fewest measured that learn word
-# order, see its table); full is a first guess for one GPU, not yet run (no GPU was lent when it was written).
+# what 2 CPU cores train while a reader reads, every chapter within 5 minutes (chapter 5 within 8) with the recipe
+# the study of quality per CPU-second chose (`python -m ldm_core.bench --study`, chapter 2); full is a first
+# guess for one GPU, not yet run (no GPU was lent when it was written), opt-in through LDM_BUDGET=full.
 BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
     Budget(
         name="smoke",
         classifier=ClassifierRecipe(width=8, steps=150, batch_size=32),
         autoencoder=AutoencoderRecipe(config=AutoencoderConfig.tiny(), steps=150, batch_size=32),
         unet=UNetConfig.tiny(),
-        steps_unconditional=150, steps_conditional=150, batch_size=32, lr=5e-4, ema_decay=0.9,
-        text_steps=150, text_canvases=1000,
-        samples=30, sweep_samples=30, kid_subset=30, bootstrap=10,
+        steps_unconditional=80, steps_conditional=80, batch_size=32, lr=2e-3, warmup_steps=10, ema_decay=0.9,
+        text_steps=80, text_canvases=1000,
+        samples=30, sweep_samples=30, kid_subset=30, bootstrap=10, study_steps=80,
         claims=False, min_psnr=0.0, min_classifier_accuracy=0.3, min_cond_accuracy=0.0, min_both_correct=0.0,
     ),
     Budget(
@@ -123,9 +140,9 @@ BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
         classifier=ClassifierRecipe(width=32, steps=1000, batch_size=64),
         autoencoder=AutoencoderRecipe(config=AutoencoderConfig(), steps=400, batch_size=32),
         unet=UNetConfig(channels=32),
-        steps_unconditional=1500, steps_conditional=2000, batch_size=64, lr=5e-4, ema_decay=0.995,
-        text_steps=6000, text_canvases=8000,
-        samples=200, sweep_samples=100, kid_subset=100, bootstrap=50,
+        steps_unconditional=1000, steps_conditional=2200, batch_size=64, lr=4e-3, warmup_steps=100, ema_decay=0.995,
+        text_steps=1500, text_canvases=8000,
+        samples=200, sweep_samples=100, kid_subset=100, bootstrap=50, study_steps=1000,
         claims=True, min_psnr=22.0, min_classifier_accuracy=0.97, min_cond_accuracy=0.8, min_both_correct=0.8,
     ),
     Budget(
@@ -134,9 +151,9 @@ BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
         autoencoder=AutoencoderRecipe(config=AutoencoderConfig(channels=64, channel_mult=(1, 2, 2)), steps=8000,
                                       batch_size=128),
         unet=UNetConfig(channels=128, channel_mult=(1, 2, 2)),
-        steps_unconditional=20000, steps_conditional=20000, batch_size=256, lr=2e-4, ema_decay=0.999,
+        steps_unconditional=20000, steps_conditional=20000, batch_size=256, lr=2e-4, warmup_steps=500, ema_decay=0.999,
         text_steps=30000, text_canvases=20000,
-        samples=1000, sweep_samples=500, kid_subset=500, bootstrap=50,
+        samples=1000, sweep_samples=500, kid_subset=500, bootstrap=50, study_steps=10000,
         claims=True, min_psnr=24.0, min_classifier_accuracy=0.98, min_cond_accuracy=0.9, min_both_correct=0.8,
     ),
 )}
@@ -163,7 +180,8 @@ def autoencoder_study(budget: str | None = None) -> dict[str, AutoencoderRecipe]
     - the f sweep ``kl_f1``, ``kl_f2``, ``kl_f4``, ``kl_f8``: one level fewer or more (same c, same widths);
     - ``vq_f4``: VQ regularisation instead of KL;
     - the ablation ``kl_f4_perceptual`` (+ perceptual loss in the features of a second digit classifier,
-      trained with another seed so that the loss does not optimise the features rFID is measured in) and
+      trained with another seed so that the loss does not optimise the features rFID is measured in, and for a
+      quarter of the judge's steps: the loss needs its features, not its last point of accuracy) and
       ``kl_f4_perceptual_adversarial`` (+ a patch discriminator from half-way through training).
     """
     row = budget_table(budget)
@@ -174,7 +192,8 @@ def autoencoder_study(budget: str | None = None) -> dict[str, AutoencoderRecipe]
         channel_mult = mult[:n] + (mult[-1],) * max(0, n - len(mult))
         return dataclasses.replace(base, config=dataclasses.replace(base.config, channel_mult=channel_mult))
 
-    perceptual = dataclasses.replace(base, perceptual=dataclasses.replace(row.classifier, seed=1))
+    perceptual = dataclasses.replace(base, perceptual=dataclasses.replace(row.classifier, seed=1,
+                                                                          steps=row.classifier.steps // 4))
     study = {f"kl_f{2 ** (n - 1)}": levels(n) for n in (1, 2, 3, 4)}  # kl_f4 is the book's at every budget
     study["vq_f4"] = dataclasses.replace(base, config=dataclasses.replace(base.config, regularizer="vq"))
     study["kl_f4_perceptual"] = perceptual
@@ -206,14 +225,16 @@ def diffusion_recipe(budget: str | None, conditional: bool, space: str = "kl_f4"
                                d_context=row.unet.channels if conditional else None)
     recipe = DiffusionRecipe(autoencoder=row.autoencoder, unet=unet, conditional=conditional,
                              steps=row.steps_conditional if conditional else row.steps_unconditional,
-                             batch_size=row.batch_size, lr=row.lr, ema_decay=row.ema_decay)
+                             batch_size=row.batch_size, lr=row.lr, warmup_steps=row.warmup_steps,
+                             ema_decay=row.ema_decay)
     if space == "kl_f4":
         return recipe
     first_stage = None if space == "pixel" else autoencoder_study(row.name)[space]
     channels, f = (1, 1) if first_stage is None else (first_stage.config.latent_channels, first_stage.config.f)
     other = dataclasses.replace(recipe, autoencoder=first_stage, unet=dataclasses.replace(unet, in_channels=channels))
     steps = round(recipe.steps * _flops(recipe, 32 // recipe.autoencoder.config.f) / _flops(other, 32 // f))
-    return dataclasses.replace(other, steps=max(steps, 1))
+    steps = max(steps, 1)
+    return dataclasses.replace(other, steps=steps, warmup_steps=min(recipe.warmup_steps, steps // 10))
 
 
 def _flops(recipe: DiffusionRecipe, size: int) -> int:

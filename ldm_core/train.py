@@ -3,6 +3,7 @@ is fitted on the latents of a frozen first stage."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -15,7 +16,10 @@ from tqdm import tqdm
 
 from .cache import save_atomic
 from .conditioning import condition_dropout
-from .schedules import q_sample, randn_like, rng_device
+from .schedules import q_sample, randn_like, rng_device, v_from_eps_x0
+
+PREDICTIONS = ("eps", "v")  # what the denoiser outputs: the noise (DDPM), or v (Salimans & Ho 2022)
+LR_DECAYS = ("constant", "cosine")
 
 
 class Batches:
@@ -53,17 +57,46 @@ class Batches:
         return tuple(x[index] for x in self.tensors)
 
 
+def loss_weight(alpha_bar: torch.Tensor, t: torch.Tensor, prediction: str = "eps",
+                min_snr_gamma: float | None = None) -> torch.Tensor:
+    """The weight w_t of each timestep's regression error in :func:`diffusion_loss`, (B,) float64.
+
+    With ``min_snr_gamma`` None every timestep weighs 1: the paper's L_simple (Eq. 2) for eps-prediction, plain
+    v-MSE for v-prediction. Min-SNR-gamma weighting (Hang et al. 2023) clamps each timestep's
+    weight *in x0-space* at gamma: w = min(SNR_t, gamma) / SNR_t on the eps error, min(SNR_t, gamma) / (SNR_t + 1)
+    on the v error, where SNR_t = alpha_bar_t / (1 - alpha_bar_t). The nearly clean timesteps (huge SNR), which
+    L_simple's eps error lets dominate the gradient's direction without teaching much, are turned down. Taught in
+    chapter 2.
+
+    Raises:
+        ValueError: for an unknown prediction or gamma <= 0.
+    """
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    if min_snr_gamma is None:
+        return torch.ones(t.shape, dtype=torch.float64, device=t.device)
+    if not min_snr_gamma > 0:
+        raise ValueError(f"min_snr_gamma must be > 0 or None, got {min_snr_gamma}")
+    a = alpha_bar.to(t.device)[t]
+    snr = a / (1 - a)
+    return snr.clamp(max=min_snr_gamma) / (snr if prediction == "eps" else snr + 1)
+
+
 def diffusion_loss(model: nn.Module, z0: torch.Tensor, alpha_bar: torch.Tensor, cond=None,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, prediction: str = "eps",
+                   min_snr_gamma: float | None = None) -> torch.Tensor:
     """The LDM objective (paper Eq. 2; DDPM's simplified loss L_simple, Ho et al. 2020, Eq. 14), taught in chapter 2:
-    E_{z0, eps ~ N(0, I), t ~ U{0..T-1}} || eps - eps_theta(z_t, t, cond) ||^2, averaged per element.
+    E_{z0, eps ~ N(0, I), t ~ U{0..T-1}} w_t || target - model(z_t, t, cond) ||^2, averaged per element, where the
+    target is eps (``prediction="eps"``) or v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) z0 (``"v"``), and
+    w_t is :func:`loss_weight` (1 for every t unless ``min_snr_gamma`` is set: then exactly L_simple).
 
     Args:
-        model: ``model(z_t, t, cond) -> eps_hat``.
+        model: ``model(z_t, t, cond) -> eps_hat`` (or v_hat).
         z0: clean (scaled) latents or images (B, ...).
         alpha_bar: (T,) schedule.
         cond: condition passed to the model (labels after condition dropout, or None).
         generator: randomness of t and eps.
+        prediction, min_snr_gamma: see :func:`loss_weight`.
 
     Returns:
         scalar loss.
@@ -72,7 +105,9 @@ def diffusion_loss(model: nn.Module, z0: torch.Tensor, alpha_bar: torch.Tensor, 
     t = torch.randint(0, T, (B,), generator=generator, device=rng_device(generator, z0.device)).to(z0.device)
     eps = randn_like(z0, generator)
     z_t = q_sample(z0, t, eps, alpha_bar)
-    return (model(z_t, t, cond) - eps).pow(2).mean()
+    target = eps if prediction == "eps" else v_from_eps_x0(eps, z0, t, alpha_bar)
+    error = (model(z_t, t, cond) - target).pow(2).flatten(1).mean(1)  # (B,) per-example mean squared error
+    return (loss_weight(alpha_bar, t, prediction, min_snr_gamma).to(error.dtype) * error).mean()
 
 
 def training_flops(model: nn.Module, z0: torch.Tensor, cond=None) -> int:
@@ -88,10 +123,50 @@ def training_flops(model: nn.Module, z0: torch.Tensor, cond=None) -> int:
     return counter.get_total_flops()
 
 
+def lr_factor(step: int, steps: int, warmup_steps: int = 0, decay: str = "constant") -> float:
+    """The learning rate at 0-based ``step`` of ``steps``, as a fraction of the peak: a linear warm-up over the
+    first ``warmup_steps`` ((step + 1) / warmup_steps), then constant or a cosine decay to 0 at the last step,
+    0.5 (1 + cos(pi (step - warmup_steps) / (steps - warmup_steps))). A pure function of the step, so a resumed
+    run follows the same schedule.
+
+    Raises:
+        ValueError: for an unknown decay or warmup_steps outside [0, steps).
+    """
+    if decay not in LR_DECAYS:
+        raise ValueError(f"decay must be one of {LR_DECAYS}, got {decay!r}")
+    if not 0 <= warmup_steps < max(steps, 1):
+        raise ValueError(f"warmup_steps must lie in [0, steps={steps}), got {warmup_steps}")
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if decay == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / (steps - warmup_steps)))
+
+
+def ema_decay_at(update: int, decay: float, warmup: bool = True) -> float:
+    """The EMA's decay at its ``update``-th update (1-based): min(decay, (1 + n) / (10 + n)) with warm-up, as the
+    reference code's ``LitEma``; ``decay`` without. The warm-up keeps the first steps' weights from lingering in
+    the average: with decay 0.995 and no warm-up, after 86 steps 65% of the average is still the first step's.
+    (torch's AveragedModel copies the weights at update 1, so update 1 is a copy whatever this returns.)"""
+    return min(decay, (1 + update) / (10 + update)) if warmup else decay
+
+
+def make_ema(model: nn.Module, decay: float, warmup: bool = True) -> AveragedModel:
+    """The EMA of ``model``'s weights and buffers that :func:`train` keeps: torch's AveragedModel, updated by
+    ``ema.update_parameters(model)`` as ema <- d ema + (1 - d) w with d = :func:`ema_decay_at` of that update."""
+
+    def update(ema_params: list, params: list, num_averaged: torch.Tensor) -> None:
+        get_ema_multi_avg_fn(ema_decay_at(int(num_averaged) + 1, decay, warmup))(ema_params, params, num_averaged)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
 def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: str,
-          grad_clip: float | None = 1.0, ema_decay: float | None = None, generator: torch.Generator | None = None,
+          grad_clip: float | None = 1.0, ema_decay: float | None = None, ema_warmup: bool = True,
+          warmup_steps: int = 0, lr_decay: str = "constant", generator: torch.Generator | None = None,
           discriminator: nn.Module | None = None, discriminator_lr: float | None = None,
-          checkpoint: str | Path | None = None, checkpoint_every: int = 250) -> dict:
+          checkpoint: str | Path | None = None, checkpoint_every: int = 250,
+          monitor: Callable[[nn.Module], dict] | None = None, monitor_every: int = 0) -> dict:
     """The one training loop: AdamW, gradient clipping, optional EMA and discriminator, a progress bar, a loss
     history, and checkpoints to resume from.
 
@@ -108,15 +183,21 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
     Args:
         model: the module to train (set to train mode, then eval mode).
         steps: total optimiser steps, >= 1.
-        lr: learning rate of AdamW (weight decay 0); ``discriminator_lr`` defaults to it.
+        lr: peak learning rate of AdamW (weight decay 0), scheduled by :func:`lr_factor` with ``warmup_steps`` and
+            ``lr_decay``; ``discriminator_lr`` (constant) defaults to it.
         desc: label of the progress bar.
         grad_clip: max global gradient norm of the model, or None.
-        ema_decay: if set, keep an exponential moving average of the weights (decay per step, e.g. 0.999) and
-            copy it into ``model`` at the end: the returned model is the average.
+        ema_decay: if set, keep an exponential moving average of the weights (decay per step, e.g. 0.999, with
+            :func:`ema_decay_at`'s warm-up unless ``ema_warmup`` is False) and copy it into ``model`` at the end:
+            the returned model is the average.
         generator: the random generator ``loss_fn`` uses, saved and restored with checkpoints.
+        monitor: if set, called every ``monitor_every`` steps and after the last with the model that would be
+            returned at that point (the EMA if there is one), in eval mode and without gradients; it returns a
+            dict of numbers, recorded with the step and the training seconds so far (its own time excluded).
 
     Returns:
-        dict(loss=[float per step], seconds=wall time of this call).
+        dict(loss=[float per step], seconds=training wall time, summed over resumed segments,
+        monitor=[dict(step, seconds, **numbers)] if ``monitor`` is set).
 
     Raises:
         FloatingPointError: if a loss is not finite.
@@ -126,9 +207,10 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     d_optimizer = (torch.optim.AdamW(discriminator.parameters(), lr=discriminator_lr or lr, weight_decay=0.0)
                    if discriminator is not None else None)
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-           if ema_decay is not None else None)
+    lr_factor(0, steps, warmup_steps, lr_decay)  # validates the schedule before any work
+    ema = make_ema(model, ema_decay, ema_warmup) if ema_decay is not None else None
     losses: list[float] = []
+    seconds_before = 0.0  # training seconds of the segments a checkpoint carries
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location=next(model.parameters()).device, weights_only=True)
@@ -140,9 +222,11 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
         if generator is not None:
             generator.set_state(state["generator"])
         losses = list(state["loss"])
+        seconds_before = float(state.get("seconds", 0.0))
 
     def save() -> None:
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "loss": losses}
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "loss": losses,
+                 "seconds": seconds_before + time.perf_counter() - start - monitor_seconds}
         for part, key in ((d_optimizer, "d_optimizer"), (discriminator, "discriminator"), (ema, "ema")):
             if part is not None:
                 state[key] = part.state_dict()
@@ -153,9 +237,23 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
     model.train()
     if discriminator is not None:
         discriminator.train()
-    start = time.perf_counter()
+    start, monitor_seconds, monitored = time.perf_counter(), 0.0, []
+
+    def watch(step: int) -> None:
+        nonlocal monitor_seconds
+        begin = time.perf_counter()
+        watched = ema.module if ema is not None else model
+        watched.eval()
+        with torch.no_grad():
+            numbers = monitor(watched)
+        watched.train()
+        monitored.append({"step": step, "seconds": seconds_before + begin - start - monitor_seconds, **numbers})
+        monitor_seconds += time.perf_counter() - begin
+
     with tqdm(range(len(losses), steps), desc=desc, mininterval=2.0, initial=len(losses), total=steps) as bar:
         for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = lr * lr_factor(step, steps, warmup_steps, lr_decay)
             out = loss_fn(step)
             loss, logs, d_loss = (*out, None, None)[:3] if isinstance(out, tuple) else (out, {}, None)
             if not torch.isfinite(loss):
@@ -174,31 +272,37 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
             losses.append(loss.item())
             if step % 50 == 0 or step == steps - 1:
                 bar.set_postfix(loss=f"{losses[-1]:.4g}", **{k: f"{v:.3g}" for k, v in (logs or {}).items()})
+            if monitor is not None and ((step + 1) % max(monitor_every, 1) == 0 or step + 1 == steps):
+                watch(step + 1)
             if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
                 save()
+    seconds = time.perf_counter() - start - monitor_seconds
     if ema is not None:
         model.load_state_dict(ema.module.state_dict())
     model.eval()
     if checkpoint is not None and checkpoint.exists():
         checkpoint.unlink()
-    seconds = time.perf_counter() - start
     last = losses[-min(50, len(losses)):]
     # one plain line that outlives the progress bar (the HTML book hides the bar: TQDM_DISABLE=1 in `make book`)
     print(f"{desc}: {steps} steps, {seconds:.0f} s in this run; mean loss over the last {len(last)} steps "
           f"{sum(last) / len(last):.4g}", flush=True)
-    return {"loss": losses, "seconds": seconds}
+    history = {"loss": losses, "seconds": seconds_before + seconds}
+    if monitor is not None:
+        history["monitor"] = monitored
+    return history
 
 
 def fit_diffusion(model: nn.Module, first_stage: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe, *, desc: str,
                   checkpoint: str | Path | None = None,
-                  to_condition: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None) -> dict:
+                  to_condition: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+                  monitor: Callable[[nn.Module], dict] | None = None, monitor_every: int = 0) -> dict:
     """Train a denoiser on the latents of a frozen first stage: the one training path of every diffusion model.
 
     The images are encoded once, keeping the posterior's mean and std; every step then draws fresh latents
     z_0 = scale_factor * (mean + std * eps) (paper Sec. 3.2 and Appendix G: diffusion on scaled samples of
     q(z | x)), replaces a fraction ``recipe.p_uncond`` of the conditions by the null condition (condition
-    dropout, for classifier-free guidance) and minimises :func:`diffusion_loss`, with :func:`train`'s EMA and
-    checkpoints.
+    dropout, for classifier-free guidance) and minimises :func:`diffusion_loss` with the recipe's prediction and
+    weighting, through :func:`train` with the recipe's learning-rate schedule, EMA and checkpoints.
 
     Args:
         model: a :class:`~ldm_core.unet.Denoiser`; conditional when its ``conditioner`` is set.
@@ -208,6 +312,7 @@ def fit_diffusion(model: nn.Module, first_stage: nn.Module, x: torch.Tensor, y: 
         recipe: a :class:`~ldm_core.recipes.DiffusionRecipe` (steps, batch size, optimiser, EMA, schedule, seed).
         to_condition: ``to_condition(y_batch, generator)`` -> the conditioner's input (default: y itself), for
             example captions drawn for digit pairs.
+        monitor, monitor_every: see :func:`train` (the study of :mod:`ldm_core.bench` measures along a run).
 
     Returns:
         :func:`train`'s history.
@@ -228,7 +333,8 @@ def fit_diffusion(model: nn.Module, first_stage: nn.Module, x: torch.Tensor, y: 
         if model.conditioner is not None:
             cond = to_condition(y_b, generator) if to_condition is not None else y_b
             cond = condition_dropout(cond, model.conditioner.null(len(cond), device), recipe.p_uncond, generator)
-        return diffusion_loss(model, z0, alpha_bar, cond, generator)
+        return diffusion_loss(model, z0, alpha_bar, cond, generator, recipe.prediction, recipe.min_snr_gamma)
 
     return train(model, loss_fn, steps=recipe.steps, lr=recipe.lr, desc=desc, ema_decay=recipe.ema_decay,
-                 generator=generator, checkpoint=checkpoint)
+                 ema_warmup=recipe.ema_warmup, warmup_steps=recipe.warmup_steps, lr_decay=recipe.lr_decay,
+                 generator=generator, checkpoint=checkpoint, monitor=monitor, monitor_every=monitor_every)

@@ -5,13 +5,14 @@ import shutil
 from ldm_core.bench import main
 
 KEYS = {"budget", "device", "torch_version", "peak_rss_mb", "chapter_seconds", "classifier_test_accuracy",
-        "fid_floor_train_vs_test", "fid_floor_train_vs_test_se", "autoencoder", "ldm", "text2img"}
+        "fid_floor_train_vs_test", "fid_floor_train_vs_test_se", "fid_floor_sweep_samples", "autoencoder", "ldm", "text2img"}
 AUTOENCODERS = {"kl_f1", "kl_f2", "kl_f4", "kl_f8", "vq_f4", "kl_f4_perceptual", "kl_f4_perceptual_adversarial"}
 SCORES = {"psnr", "ssim", "rfid"}
 LDM_KEYS = {"fid", "kid", "cond_accuracy_guidance_1", "cond_accuracy_guidance_3", "fid_ddim_50", "fid_ddpm_1000",
             "ddim_50_samples_per_s", "ddpm_1000_samples_per_s", "train_ms_per_step_latent_f4", "train_ms_per_step_pixel",
-            "fid_pixel", "samples_per_s_latent_f4", "samples_per_s_pixel", "train_steps_latent_f4", "train_steps_pixel",
-            "train_seconds_latent_f4", "train_seconds_pixel", "fid_se", "fid_pixel_se", "fid_ddim_50_se",
+            "race_fid_latent_f4", "race_fid_pixel", "race_fid_latent_f4_se", "race_fid_pixel_se",
+            "samples_per_s_latent_f4", "samples_per_s_pixel", "train_steps_latent_f4", "train_steps_pixel",
+            "train_seconds_latent_f4", "train_seconds_pixel", "fid_se", "fid_ddim_50_se",
             "fid_ddpm_1000_se", "samples", "sweep_samples"}
 
 
@@ -32,3 +33,25 @@ def test_bench_writes_every_documented_key(tmp_path):
     assert 0 <= result["classifier_test_accuracy"] <= 1
     # the cost claim the book makes: a step on 4x8x8 latents is cheaper than on 1x32x32 pixels
     assert result["ldm"]["train_ms_per_step_pixel"] > result["ldm"]["train_ms_per_step_latent_f4"]
+
+
+def test_the_study_measures_each_run_along_its_training(tmp_path):
+    from ldm_core import bench
+
+    if os.environ.get("LDM_SMOKE_CACHE"):
+        shutil.copytree(os.environ["LDM_SMOKE_CACHE"], os.environ["LDM_CACHE"], dirs_exist_ok=True)
+    runs = bench.study("smoke", ["chosen", "eps_batch_128"])
+    for name, run in runs.items():
+        steps = [point["step"] for point in run["curve"]]
+        assert steps == sorted(steps) and len(steps) == 4 and steps[-1] == run["steps"]
+        assert [p["seconds"] for p in run["curve"]] == sorted(p["seconds"] for p in run["curve"])
+        assert all(0 <= p["accuracy"] <= 1 and p["fid"] > 0 for p in run["curve"])
+    assert runs["eps_batch_128"]["steps"] * 128 == runs["chosen"]["steps"] * 32, "the same examples at batch 128"
+    assert runs["eps_batch_128"]["recipe"]["prediction"] == "eps" and runs["chosen"]["recipe"]["prediction"] == "v"
+    # a second invocation keeps the earlier runs whose recipe the code still makes, and only those
+    path = tmp_path / "study.json"
+    earlier = {name: json.loads(json.dumps(run)) for name, run in runs.items()}
+    earlier["eps_batch_128"]["recipe"]["lr"] = 1.0  # made by other code: not kept
+    path.write_text(json.dumps({"budget": "smoke", "ldm_core_version": bench.__version__, "study": earlier}))
+    assert set(bench._earlier_runs(path, "smoke", ["v_batch_32"])) == {"chosen"}
+    assert bench._earlier_runs(path, "book", ["v_batch_32"]) == {}

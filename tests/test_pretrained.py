@@ -5,14 +5,15 @@ import torch
 
 from ldm_core import pretrained, recipes
 from ldm_core.cache import cache_dir, cache_path
-from ldm_core.budget import get_budget
+from ldm_core.budget import budget_reason, get_budget
 
 
 def test_budget_switch(monkeypatch):
     monkeypatch.setenv("LDM_BUDGET", "book")
     assert get_budget() == "book"
     monkeypatch.delenv("LDM_BUDGET")
-    assert get_budget() == ("full" if torch.cuda.is_available() else "book")
+    assert get_budget() == "book", "a GPU alone does not select the untimed full budget"
+    assert budget_reason().startswith("budget: book (the default")
     monkeypatch.setenv("LDM_BUDGET", "huge")
     with pytest.raises(ValueError, match="LDM_BUDGET must be one of"):
         get_budget()

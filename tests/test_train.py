@@ -3,7 +3,12 @@ import torch
 
 from ldm_core.schedules import alpha_bar_from_betas, linear_beta_schedule
 from ldm_core.cache import save_atomic
-from ldm_core.train import Batches, diffusion_loss, train, training_flops
+import math
+
+from ldm_core.pipeline import LatentDiffusion
+from ldm_core.schedules import log_snr, v_from_eps_x0
+from ldm_core.train import (Batches, diffusion_loss, ema_decay_at, loss_weight, lr_factor, make_ema, train,
+                            training_flops)
 
 
 def test_batches_cover_each_epoch_once_and_depend_only_on_the_step():
@@ -42,7 +47,7 @@ def test_train_reduces_a_simple_loss_and_reports_history():
         train(model, lambda step: torch.tensor(float("nan"), requires_grad=True), steps=1, lr=0.1, desc="nan")
 
 
-def _toy_run(tmp_path, steps, checkpoint=None, ema_decay=None, interrupt_at=None):
+def _toy_run(tmp_path, steps, checkpoint=None, ema_decay=None, interrupt_at=None, ema_warmup=True, **kwargs):
     """A small regression trained with batches by step and noise from a generator."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
@@ -59,19 +64,22 @@ def _toy_run(tmp_path, steps, checkpoint=None, ema_decay=None, interrupt_at=None
         return ((model(xb) - yb - noise) ** 2).mean()
 
     history = train(model, loss_fn, steps=steps, lr=0.01, desc="toy", generator=generator, ema_decay=ema_decay,
-                    checkpoint=checkpoint, checkpoint_every=10)
+                    ema_warmup=ema_warmup, checkpoint=checkpoint, checkpoint_every=10, **kwargs)
     return model, history
 
 
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
-    model_a, history_a = _toy_run(tmp_path, steps=40, ema_decay=0.9)
+    schedule = dict(warmup_steps=5, lr_decay="cosine")  # a schedule of the step: the resumed run follows it
+    model_a, history_a = _toy_run(tmp_path, steps=40, ema_decay=0.9, **schedule)
     checkpoint = tmp_path / "run.partial.pt"
     with pytest.raises(KeyboardInterrupt):
-        _toy_run(tmp_path, steps=40, checkpoint=checkpoint, ema_decay=0.9, interrupt_at=25)
+        _toy_run(tmp_path, steps=40, checkpoint=checkpoint, ema_decay=0.9, interrupt_at=25, **schedule)
     assert checkpoint.exists()
-    assert len(torch.load(checkpoint, weights_only=True)["loss"]) == 20  # the last checkpoint before step 25
-    model_b, history_b = _toy_run(tmp_path, steps=40, checkpoint=checkpoint, ema_decay=0.9)
+    state = torch.load(checkpoint, weights_only=True)
+    assert len(state["loss"]) == 20  # the last checkpoint before step 25
+    model_b, history_b = _toy_run(tmp_path, steps=40, checkpoint=checkpoint, ema_decay=0.9, **schedule)
     assert history_b["loss"] == history_a["loss"]
+    assert history_b["seconds"] > state["seconds"] > 0, "training time adds up across the segments"
     for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()):
         assert torch.equal(a, b)
     assert not checkpoint.exists(), "a finished run removes its checkpoint"
@@ -82,13 +90,118 @@ def test_ema_closed_forms(tmp_path):
     plain, _ = _toy_run(tmp_path, steps=30)
     after_one, _ = _toy_run(tmp_path, steps=1)
     latest, _ = _toy_run(tmp_path, steps=30, ema_decay=0.0)
-    first, _ = _toy_run(tmp_path, steps=30, ema_decay=1.0)
+    first, _ = _toy_run(tmp_path, steps=30, ema_decay=1.0, ema_warmup=False)
     for a, b in zip(plain.parameters(), latest.parameters()):
         torch.testing.assert_close(a, b)
     for a, b in zip(after_one.parameters(), first.parameters()):
         torch.testing.assert_close(a, b)
     halfway, _ = _toy_run(tmp_path, steps=30, ema_decay=0.5)
     assert not torch.allclose(halfway[0].weight, plain[0].weight)
+
+
+def test_ema_warmup_has_the_closed_form_of_litema():
+    # the weights after update 1 are 1, after every later update 0: the EMA is then the first weights' share of the
+    # average, prod_{j=2..n} d_j, and with d_j = (1 + j) / (10 + j) (no cap) the product telescopes to
+    # [(n + 1)! / 2] / [(n + 10)! / 11!]
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = make_ema(model, decay=1.0)
+    shares = []
+    for n in range(1, 61):
+        model.weight.data.fill_(1.0 if n == 1 else 0.0)
+        ema.update_parameters(model)
+        shares.append(ema.module.weight.item())
+    for n in (1, 2, 10, 60):
+        closed = math.exp(math.lgamma(n + 2) - math.log(2) - math.lgamma(n + 11) + math.lgamma(12))
+        assert shares[n - 1] == pytest.approx(closed, rel=1e-5)
+    # the cap: from the update where (1 + n) / (10 + n) passes it, the decay is the configured one
+    assert ema_decay_at(5, 0.995) == pytest.approx(6 / 15) and ema_decay_at(5000, 0.995) == 0.995
+    assert ema_decay_at(5, 0.995, warmup=False) == 0.995
+    # the issue's example: 86 steps under 0.995 without warm-up keep 0.995^85 = 65% of the first step's weights
+    assert 0.995 ** 85 == pytest.approx(0.653, abs=1e-3) and shares[-1] < 1e-9
+
+
+def test_lr_factor_warms_up_linearly_then_decays_by_a_cosine():
+    steps, warmup = 110, 10
+    factors = [lr_factor(step, steps, warmup, "cosine") for step in range(steps)]
+    assert factors[:warmup] == pytest.approx([(k + 1) / warmup for k in range(warmup)])
+    assert factors[warmup] == 1.0 and factors[warmup + 50] == pytest.approx(0.5)
+    assert factors[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert all(a >= b for a, b in zip(factors[warmup:], factors[warmup + 1:]))
+    assert lr_factor(50, steps, 0, "constant") == 1.0
+    for bad in [dict(decay="linear"), dict(warmup_steps=steps)]:
+        with pytest.raises(ValueError, match="decay|warmup_steps"):
+            lr_factor(0, steps, **{"warmup_steps": 0, "decay": "cosine", **bad})
+
+
+def test_train_follows_the_learning_rate_schedule():
+    # loss = w (gradient 1 at every step): each AdamW step moves w by exactly lr_t (m_hat = v_hat = 1)
+    model = torch.nn.Linear(1, 1, bias=False)
+    model.weight.data.zero_()
+    lr, steps = 0.01, 30
+    train(model, lambda step: model.weight.sum(), steps=steps, lr=lr, desc="schedule", warmup_steps=5,
+          lr_decay="cosine")
+    moved = sum(lr * lr_factor(step, steps, 5, "cosine") for step in range(steps))
+    assert model.weight.item() == pytest.approx(-moved, rel=1e-4)
+
+
+def test_min_snr_weighting_is_the_same_x0_weighting_for_eps_and_v():
+    # ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1) ||x0 - x0_hat||^2: with Min-SNR
+    # weights, an eps-predictor and the v-predictor that implies the same x0_hat have the same loss
+    alpha_bar = alpha_bar_from_betas(linear_beta_schedule(1000))
+    z0 = torch.randn(64, 2, 4, 4, dtype=torch.float64)
+    wrong = torch.randn(64, 2, 4, 4, dtype=torch.float64)
+
+    def eps_model(z_t, t, cond):
+        return 0.5 * z_t + wrong
+
+    def v_model(z_t, t, cond):  # the v of the same prediction: v = sqrt(a) eps - sqrt(1 - a) x0_hat
+        a = alpha_bar[t].view(-1, 1, 1, 1)
+        eps = eps_model(z_t, t, cond)
+        return v_from_eps_x0(eps, (z_t - (1 - a).sqrt() * eps) / a.sqrt(), t, alpha_bar)
+
+    for gamma in (5.0, 1.0):
+        losses = [diffusion_loss(m, z0, alpha_bar, None, torch.Generator().manual_seed(0), prediction, gamma)
+                  for m, prediction in [(eps_model, "eps"), (v_model, "v")]]
+        torch.testing.assert_close(losses[0], losses[1])
+    t = torch.arange(0, 1000, 50)
+    snr = log_snr(alpha_bar)[t].exp()
+    torch.testing.assert_close(loss_weight(alpha_bar, t, "eps", 5.0) * snr, snr.clamp(max=5.0))
+    assert torch.equal(loss_weight(alpha_bar, t, "eps"), torch.ones(len(t), dtype=torch.float64))
+    with pytest.raises(ValueError, match="prediction"):
+        loss_weight(alpha_bar, t, "x0")
+
+
+def test_a_v_prediction_pipeline_hands_the_samplers_eps():
+    alpha_bar = alpha_bar_from_betas(linear_beta_schedule(100))
+    z0, eps = torch.randn(8, 4, 2, 2, dtype=torch.float64), torch.randn(8, 4, 2, 2, dtype=torch.float64)
+    t = torch.arange(8) * 12
+    a = alpha_bar[t].view(-1, 1, 1, 1)
+    z_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
+
+    class ExactV(torch.nn.Module):
+        conditioner = None
+
+        def forward(self, z, t, cond):
+            return v_from_eps_x0(eps, z0, t, alpha_bar)
+
+    ldm = LatentDiffusion(None, ExactV(), alpha_bar, prediction="v")
+    torch.testing.assert_close(ldm.eps(z_t, t), eps)
+
+
+def test_train_monitors_the_averaged_model_along_the_run():
+    seen = []
+
+    def monitor(model):
+        seen.append(model.training)
+        return {"weight": model.weight.item()}
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    history = train(model, lambda step: model.weight.sum(), steps=20, lr=0.01, desc="watch", ema_decay=0.9,
+                    monitor=monitor, monitor_every=8)
+    assert [m["step"] for m in history["monitor"]] == [8, 16, 20] and seen == [False] * 3
+    assert history["monitor"][-1]["weight"] == pytest.approx(model.weight.item()), "the last point is the result"
+    times = [m["seconds"] for m in history["monitor"]]
+    assert times == sorted(times) and times[-1] <= history["seconds"]
 
 
 def test_train_steps_a_discriminator_with_its_own_loss_only():
