@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
 import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -247,7 +249,7 @@ def study(budget: str, names: list[str] | None = None) -> dict:
     first_stage = pretrained.autoencoder(budget).model.to(device)
     x, y = load_mnist("train")
     result = {}
-    for name in names or list(STUDY):
+    for name in list(STUDY) if names is None else names:
         recipe = study_recipe(budget, STUDY[name])
 
         def monitor(denoiser: nn.Module) -> dict:
@@ -257,7 +259,7 @@ def study(budget: str, names: list[str] | None = None) -> dict:
 
         model = pretrained.build_denoiser(recipe).to(device)
         history = fit_diffusion(model, first_stage, x, y, recipe, desc=f"study: {name}", monitor=monitor,
-                                monitor_every=max(recipe.steps // 4, 1))
+                                monitor_every=-(-recipe.steps // 4))  # four points: 3 multiples and the last
         result[name] = {"change": STUDY[name], "recipe": study_record(recipe), "steps": recipe.steps,
                         "batch_size": recipe.batch_size, "seconds": history["seconds"], "curve": history["monitor"]}
         last = history["monitor"][-1]
@@ -269,7 +271,7 @@ def study(budget: str, names: list[str] | None = None) -> dict:
 def _earlier_runs(path: Path, budget: str, names: list[str] | None) -> dict:
     """With ``--runs``, the other runs of an earlier study at ``path`` that are still valid: same budget and
     version, still in :data:`STUDY`, with the recipe the code makes now. Without ``--runs``, nothing."""
-    if not names or not path.exists():
+    if names is None or not path.exists():
         return {}
     earlier = json.loads(path.read_text())
     if earlier.get("budget") != budget or earlier.get("ldm_core_version") != __version__:
@@ -279,26 +281,42 @@ def _earlier_runs(path: Path, budget: str, names: list[str] | None) -> dict:
             and run.get("recipe") == json.loads(json.dumps(study_record(study_recipe(budget, STUDY[name]))))}
 
 
-def throughput(budget: str) -> dict:
+def throughput(budget: str, repeats: int = 3) -> dict:
     """ms per training step of the class-conditional denoiser at the budget's batch size under each CPU option:
     fp32 with torch's default threads (the book's), with one thread, bf16 autocast, channels-last memory, and
-    ``torch.compile``. An option that fails here is recorded with its error instead of a time."""
+    ``torch.compile``. The options take turns, ``repeats`` rounds of 10 timed steps each (a fresh model per
+    round), so that a slow spell of the machine does not fall on one option alone.
+
+    Returns:
+        dict(threads_default, and per option dict(median, min, max) in ms, or a string saying why it failed).
+    """
     recipe = diffusion_recipe(budget, conditional=True)
-    result = {"threads_default": torch.get_num_threads()}
-    options = {"fp32": {}, "bf16_autocast": dict(bf16=True), "channels_last": dict(channels_last=True)}
-    for name, kwargs in options.items():
-        result[name] = train_ms_per_step(*_fresh_batch(recipe), **kwargs)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result["fp32_one_thread"] = train_ms_per_step(*_fresh_batch(recipe))
-    finally:
-        torch.set_num_threads(threads)
-    try:
-        model, z0, cond = _fresh_batch(recipe)
-        result["compile"] = train_ms_per_step(torch.compile(model), z0, cond)
-    except Exception as error:  # a missing compiler, an unsupported platform: a fact about this machine
-        result["compile"] = f"failed: {type(error).__name__}: {str(error)[:200]}"
+
+    def one_thread(model, z0, cond):
+        torch.set_num_threads(1)
+        try:
+            return train_ms_per_step(model, z0, cond)
+        finally:
+            torch.set_num_threads(threads)
+
+    options = {"fp32": train_ms_per_step, "fp32_one_thread": one_thread,
+               "bf16_autocast": functools.partial(train_ms_per_step, bf16=True),
+               "channels_last": functools.partial(train_ms_per_step, channels_last=True),
+               "compile": lambda model, z0, cond: train_ms_per_step(torch.compile(model), z0, cond)}
+    times: dict[str, list | str] = {name: [] for name in options}
+    for _ in range(repeats):
+        for name, measure_one in options.items():
+            if isinstance(times[name], str):
+                continue
+            try:
+                times[name].append(measure_one(*_fresh_batch(recipe)))
+            except Exception as error:  # a missing compiler, an unsupported platform: a fact about this machine
+                times[name] = f"failed: {type(error).__name__}: {str(error)[:200]}"
+    result = {"threads_default": threads}
+    for name, values in times.items():
+        result[name] = values if isinstance(values, str) else {
+            "median": statistics.median(values), "min": min(values), "max": max(values)}
     return result
 
 
@@ -309,15 +327,17 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-chapters", action="store_true", help="measure the cached models only")
     parser.add_argument("--keep", type=Path, help="write the executed chapters to this folder")
     parser.add_argument("--study", action="store_true", help="run the study of quality per CPU-second instead")
-    parser.add_argument("--runs", nargs="+", choices=list(STUDY),
-                        help="with --study: only these runs, kept beside the still valid runs of an earlier --out")
+    parser.add_argument("--runs", nargs="*", choices=list(STUDY),
+                        help="with --study: only these runs (none: the throughput only), kept beside the still valid "
+                             "runs of an earlier --out")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     start = time.perf_counter()
     result = {"budget": args.budget, "device": str(get_device()), "torch_version": torch.__version__,
               "ldm_core_version": __version__, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
               f"{platform.python_implementation()} {platform.python_version()}"}
-    # with an empty cache the chapter times include training every model; with a warm one, only loading them
+    if args.study and (args.skip_chapters or args.keep):
+        parser.error("--skip-chapters and --keep are for the chapters' run, not --study")
     if args.study:
         result["throughput_ms_per_step"] = throughput(args.budget)
         result["study"] = {**_earlier_runs(args.out, args.budget, args.runs), **study(args.budget, args.runs)}

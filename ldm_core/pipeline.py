@@ -6,7 +6,7 @@ x = D(z_0 / scale_factor).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,10 +21,15 @@ SAMPLERS = ("ddpm", "ddim")
 @dataclass
 class LatentDiffusion:
     autoencoder: Autoencoder  # frozen first stage; its scale_factor buffer maps E(x) to unit scale
-    denoiser: Denoiser  # eps_theta(z_t, t, y)
+    denoiser: Denoiser  # eps_theta(z_t, t, y) or v_theta(z_t, t, y), as `prediction` says
     alpha_bar: torch.Tensor  # (T,) float64 schedule the denoiser was trained with
     image_size: int | tuple[int, int] = 32  # H = W, or (H, W), of the images, in pixels
-    prediction: str = "eps"  # what the denoiser outputs, "eps" or "v" (its recipe's); samplers receive eps
+    # what the denoiser outputs, "eps" or "v" (its recipe's): no default, so a v model is never sampled as eps
+    prediction: str = field(kw_only=True)
+
+    def __post_init__(self):
+        if self.prediction not in ("eps", "v"):
+            raise ValueError(f"prediction must be 'eps' or 'v', got {self.prediction!r}")
 
     def eps(self, z_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         """The denoiser's noise prediction eps_theta(z_t, t, cond), converted from v for a v-prediction model

@@ -117,7 +117,7 @@ def classifier(budget: str | None = None, recipe: ClassifierRecipe | None = None
 
 def latent_diffusion(budget: str | None = None, conditional: bool = False,
                      space: str = "kl_f4") -> tuple[LatentDiffusion, Artifact]:
-    """The latent diffusion model of the book: eps-prediction on scaled latents of :func:`autoencoder`.
+    """The latent diffusion model of the book: v-prediction (the recipe's) on scaled latents of :func:`autoencoder`.
 
     Args:
         budget: smoke | book | full; default :func:`~ldm_core.budget.get_budget`.
@@ -146,6 +146,22 @@ def latent_diffusion(budget: str | None = None, conditional: bool = False,
                            prediction=recipe.prediction), artifact
 
 
+def warm_start(target: nn.Module, source: nn.Module) -> list[str]:
+    """Copy into ``target`` every parameter and buffer of ``source`` with the same name and shape; the rest of
+    ``target`` keeps its initial values. Returns the names of ``target`` that were not copied.
+
+    Raises:
+        ValueError: if nothing matches (the two are not the same architecture).
+    """
+    theirs = source.state_dict()
+    ours = target.state_dict()
+    copied = {name: value for name, value in theirs.items() if name in ours and ours[name].shape == value.shape}
+    if not copied:
+        raise ValueError("no parameter of the source matches the target in name and shape")
+    target.load_state_dict({**ours, **copied})
+    return sorted(set(ours) - set(copied))
+
+
 def caption_tokenizer(max_tokens: int = 8) -> Tokenizer:
     """The word-level tokenizer over every word the caption templates can produce."""
     words = {word for a in range(10) for b in range(10) for t in range(len(CAPTION_TEMPLATES))
@@ -155,9 +171,10 @@ def caption_tokenizer(max_tokens: int = 8) -> Tokenizer:
 
 def text_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact]:
     """The text-conditional LDM of chapter 5: 32x64 canvases of two digits, captioned in several phrasings,
-    encoded by the book's autoencoder (4x8x16 latents); the UNet cross-attends to the tokens of a jointly trained
-    :class:`~ldm_core.conditioning.TextEncoder`. Captions are drawn per step (a random phrasing per canvas),
-    10% of them replaced by the empty caption, the null condition.
+    encoded by the book's autoencoder (4x8x16 latents); the UNet, started from the class-conditional model's
+    (:func:`warm_start`; that model is trained first if it is not cached), cross-attends to the tokens of a
+    jointly trained :class:`~ldm_core.conditioning.TextEncoder`. Captions are drawn per step (a random phrasing
+    per canvas), 10% of them replaced by the empty caption, the null condition.
 
     Returns:
         (pipeline with ``image_size=(32, 64)``, artifact); ``pipeline.denoiser.conditioner.tokenizer`` turns
@@ -182,6 +199,9 @@ def text_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact
         return tokenizer([caption(a, b, p) for (a, b), p in zip(digits.tolist(), phrasing)]).to(device)
 
     def fit(model: Denoiser, checkpoint: Path) -> dict:
+        if recipe.warm_start is not None:  # (a resumed run then loads its checkpoint over these weights)
+            source, _ = latent_diffusion(budget_table(budget).name, conditional=True)
+            warm_start(model.unet, source.denoiser.unet)
         x, digits = two_digit_canvases("train", recipe.canvases, "seen", seed=recipe.seed)
         return fit_diffusion(model, first_stage, x, digits, d, desc="text-to-image diffusion", checkpoint=checkpoint,
                              to_condition=captions)

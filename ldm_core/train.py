@@ -64,8 +64,8 @@ def loss_weight(alpha_bar: torch.Tensor, t: torch.Tensor, prediction: str = "eps
     With ``min_snr_gamma`` None every timestep weighs 1: the paper's L_simple (Eq. 2) for eps-prediction, plain
     v-MSE for v-prediction. Min-SNR-gamma weighting (Hang et al. 2023) clamps each timestep's
     weight *in x0-space* at gamma: w = min(SNR_t, gamma) / SNR_t on the eps error, min(SNR_t, gamma) / (SNR_t + 1)
-    on the v error, where SNR_t = alpha_bar_t / (1 - alpha_bar_t). The nearly clean timesteps (huge SNR), which
-    L_simple's eps error lets dominate the gradient's direction without teaching much, are turned down. Taught in
+    on the v error, where SNR_t = alpha_bar_t / (1 - alpha_bar_t): the nearly clean timesteps, which the eps error
+    weighs by SNR_t in x0-space (||eps - eps_hat||^2 = SNR_t ||x0 - x0_hat||^2), are turned down. Taught in
     chapter 2.
 
     Raises:
@@ -88,7 +88,7 @@ def diffusion_loss(model: nn.Module, z0: torch.Tensor, alpha_bar: torch.Tensor, 
     """The LDM objective (paper Eq. 2; DDPM's simplified loss L_simple, Ho et al. 2020, Eq. 14), taught in chapter 2:
     E_{z0, eps ~ N(0, I), t ~ U{0..T-1}} w_t || target - model(z_t, t, cond) ||^2, averaged per element, where the
     target is eps (``prediction="eps"``) or v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) z0 (``"v"``), and
-    w_t is :func:`loss_weight` (1 for every t unless ``min_snr_gamma`` is set: then exactly L_simple).
+    w_t is :func:`loss_weight` (1 for every t unless ``min_snr_gamma`` is set; eps without it is exactly L_simple).
 
     Args:
         model: ``model(z_t, t, cond) -> eps_hat`` (or v_hat).
@@ -125,9 +125,9 @@ def training_flops(model: nn.Module, z0: torch.Tensor, cond=None) -> int:
 
 def lr_factor(step: int, steps: int, warmup_steps: int = 0, decay: str = "constant") -> float:
     """The learning rate at 0-based ``step`` of ``steps``, as a fraction of the peak: a linear warm-up over the
-    first ``warmup_steps`` ((step + 1) / warmup_steps), then constant or a cosine decay to 0 at the last step,
-    0.5 (1 + cos(pi (step - warmup_steps) / (steps - warmup_steps))). A pure function of the step, so a resumed
-    run follows the same schedule.
+    first ``warmup_steps`` ((step + 1) / warmup_steps), then constant or a cosine decay,
+    0.5 (1 + cos(pi (step - warmup_steps) / (steps - warmup_steps))), which would reach 0 one step after the last.
+    A pure function of the step, so a resumed run follows the same schedule.
 
     Raises:
         ValueError: for an unknown decay or warmup_steps outside [0, steps).
@@ -191,9 +191,10 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
             :func:`ema_decay_at`'s warm-up unless ``ema_warmup`` is False) and copy it into ``model`` at the end:
             the returned model is the average.
         generator: the random generator ``loss_fn`` uses, saved and restored with checkpoints.
-        monitor: if set, called every ``monitor_every`` steps and after the last with the model that would be
-            returned at that point (the EMA if there is one), in eval mode and without gradients; it returns a
-            dict of numbers, recorded with the step and the training seconds so far (its own time excluded).
+        monitor: if set, called every ``monitor_every`` (>= 1) steps and after the last with the model that would
+            be returned at that point (the EMA if there is one), in eval mode and without gradients; it returns a
+            dict of numbers, recorded with the step and the training seconds so far (its own time excluded), and
+            kept in checkpoints like the loss history.
 
     Returns:
         dict(loss=[float per step], seconds=training wall time, summed over resumed segments,
@@ -208,8 +209,11 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
     d_optimizer = (torch.optim.AdamW(discriminator.parameters(), lr=discriminator_lr or lr, weight_decay=0.0)
                    if discriminator is not None else None)
     lr_factor(0, steps, warmup_steps, lr_decay)  # validates the schedule before any work
+    if monitor is not None and monitor_every < 1:
+        raise ValueError(f"monitor_every must be >= 1 with a monitor, got {monitor_every}")
     ema = make_ema(model, ema_decay, ema_warmup) if ema_decay is not None else None
     losses: list[float] = []
+    monitored: list[dict] = []
     seconds_before = 0.0  # training seconds of the segments a checkpoint carries
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and checkpoint.exists():
@@ -223,10 +227,11 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
             generator.set_state(state["generator"])
         losses = list(state["loss"])
         seconds_before = float(state.get("seconds", 0.0))
+        monitored = [dict(point) for point in state.get("monitor", [])]
 
     def save() -> None:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "loss": losses,
-                 "seconds": seconds_before + time.perf_counter() - start - monitor_seconds}
+                 "seconds": seconds_before + time.perf_counter() - start - monitor_seconds, "monitor": monitored}
         for part, key in ((d_optimizer, "d_optimizer"), (discriminator, "discriminator"), (ema, "ema")):
             if part is not None:
                 state[key] = part.state_dict()
@@ -237,7 +242,7 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
     model.train()
     if discriminator is not None:
         discriminator.train()
-    start, monitor_seconds, monitored = time.perf_counter(), 0.0, []
+    start, monitor_seconds = time.perf_counter(), 0.0
 
     def watch(step: int) -> None:
         nonlocal monitor_seconds
@@ -272,7 +277,7 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
             losses.append(loss.item())
             if step % 50 == 0 or step == steps - 1:
                 bar.set_postfix(loss=f"{losses[-1]:.4g}", **{k: f"{v:.3g}" for k, v in (logs or {}).items()})
-            if monitor is not None and ((step + 1) % max(monitor_every, 1) == 0 or step + 1 == steps):
+            if monitor is not None and ((step + 1) % monitor_every == 0 or step + 1 == steps):
                 watch(step + 1)
             if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
                 save()

@@ -90,7 +90,8 @@ class ResBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps_theta(z_t, t, context): predicts the noise in z_t (paper Eq. 1-2; Eq. 3 with context).
+    """eps_theta(z_t, t, context): predicts the noise in z_t (paper Eq. 1-2; Eq. 3 with context), or v, as its
+    recipe's ``prediction`` says (the architecture is the same; see :meth:`~ldm_core.pipeline.LatentDiffusion.eps`).
 
     Args:
         config: :class:`UNetConfig`.

@@ -125,7 +125,7 @@ def test_scale_factor_is_one_over_the_latent_std_far_from_one():
     assert base / loud == pytest.approx(7, rel=1e-4)  # 1 / std: a missing or inverted factor fails here
     model.scale_factor.fill_(loud)
     ldm = LatentDiffusion(model, Denoiser(UNet(UNetConfig.tiny(in_channels=c))),
-                          alpha_bar_from_betas(linear_beta_schedule(10)))
+                          alpha_bar_from_betas(linear_beta_schedule(10)), prediction="v")
     with torch.no_grad():
         raw = model.encode(x).sample(torch.Generator().manual_seed(1))
     assert raw.std().item() > 5 and abs((loud * raw).std().item() - 1) < 0.05  # unit scale after the factor

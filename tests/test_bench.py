@@ -53,5 +53,6 @@ def test_the_study_measures_each_run_along_its_training(tmp_path):
     earlier = {name: json.loads(json.dumps(run)) for name, run in runs.items()}
     earlier["eps_batch_128"]["recipe"]["lr"] = 1.0  # made by other code: not kept
     path.write_text(json.dumps({"budget": "smoke", "ldm_core_version": bench.__version__, "study": earlier}))
-    assert set(bench._earlier_runs(path, "smoke", ["v_batch_32"])) == {"chosen"}
-    assert bench._earlier_runs(path, "book", ["v_batch_32"]) == {}
+    assert set(bench._earlier_runs(path, "smoke", ["v_min_snr_5"])) == {"chosen"}
+    assert set(bench._earlier_runs(path, "smoke", [])) == {"chosen"}, "no runs: the throughput only"
+    assert bench._earlier_runs(path, "book", ["v_min_snr_5"]) == {}

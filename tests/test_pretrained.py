@@ -133,3 +133,26 @@ def test_latent_diffusion_reuses_the_autoencoder_and_samples():
     assert torch.equal(x, again)
     with pytest.raises(ValueError, match="give labels for a conditional denoiser"):
         ldm.sample(n=3)
+
+
+def test_warm_start_copies_what_matches_and_leaves_the_rest():
+    from ldm_core.pretrained import warm_start
+    from ldm_core.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    source = UNet(UNetConfig.tiny(d_context=16))
+    target = UNet(UNetConfig.tiny(d_context=32))  # wider context: the cross-attention's keys and values differ
+    before = {name: value.clone() for name, value in target.state_dict().items()}
+    skipped = warm_start(target, source)
+    assert skipped and all(("to_k" in name or "to_v" in name) for name in skipped), skipped
+    for name, value in target.state_dict().items():
+        expected = before[name] if name in skipped else source.state_dict()[name]
+        assert torch.equal(value, expected), name
+    with pytest.raises(ValueError, match="no parameter"):
+        warm_start(torch.nn.Linear(3, 3), torch.nn.Linear(2, 2))
+
+
+def test_the_text_model_starts_from_the_class_conditional_recipe():
+    recipe = recipes.text_recipe("smoke")
+    assert recipe.warm_start == recipes.diffusion_recipe("smoke", conditional=True)
+    assert recipe.diffusion.lr == recipes.budget_table("smoke").text_lr

@@ -116,8 +116,7 @@ def test_ema_warmup_has_the_closed_form_of_litema():
     # the cap: from the update where (1 + n) / (10 + n) passes it, the decay is the configured one
     assert ema_decay_at(5, 0.995) == pytest.approx(6 / 15) and ema_decay_at(5000, 0.995) == 0.995
     assert ema_decay_at(5, 0.995, warmup=False) == 0.995
-    # the example: 86 steps under 0.995 without warm-up keep 0.995^85 = 65% of the first step's weights
-    assert 0.995 ** 85 == pytest.approx(0.653, abs=1e-3) and shares[-1] < 1e-9
+    assert shares[-1] < 1e-9, "after 60 updates the first weights have all but left the average"
 
 
 def test_lr_factor_warms_up_linearly_then_decays_by_a_cosine():
