@@ -147,7 +147,7 @@ BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
         steps_unconditional=1000, steps_conditional=2500, batch_size=64, lr=4e-3, warmup_steps=100, ema_decay=0.995,
         text_steps=1500, text_lr=1e-3, text_canvases=8000,
         samples=200, sweep_samples=100, kid_subset=100, bootstrap=50, study_steps=1000,
-        claims=True, min_psnr=22.0, min_classifier_accuracy=0.97, min_cond_accuracy=0.98, min_both_correct=0.8,
+        claims=True, min_psnr=22.0, min_classifier_accuracy=0.97, min_cond_accuracy=0.98, min_both_correct=0.95,
     ),
     Budget(
         name="full",
