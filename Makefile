@@ -36,18 +36,25 @@ $(CHROMIUM):
 	test -x $(CHROMIUM)
 
 # Everything at the smoke budget, in three steps:
-# 1. every notebook cell under nbval, each chapter in a fresh kernel with an empty cache (book/conftest.py), so
-#    each shows it runs alone; the models they train are gathered in $(SMOKE)/cache;
-# 2. the book, built from those models as `make book` builds it (warnings are errors);
+# 1. every notebook cell under nbval (two chapters at a time, one thread each), each chapter in a fresh kernel with
+#    an empty cache (book/conftest.py), so each shows it runs alone; the models they train are gathered in
+#    $(SMOKE)/cache and the executed chapters, with their outputs, in $(SMOKE)/executed;
+# 2. the book, built from those executed chapters (the sources copied to $(SMOKE)/src, execution off: one execution
+#    of every chapter, not two) as `make book` builds it (warnings are errors, sliders pre-rendered);
 # 3. the unit tests, the benchmark's test (from a copy of those models) and the browser test over every page of
-#    that build (tests/browser).
+#    that build (tests/browser), two at a time.
+SMOKE_ENV := LDM_BUDGET=smoke LDM_SMOKE_CACHE=$(CURDIR)/$(SMOKE)/cache TQDM_DISABLE=1 LDM_STATIC_HTML=1
 test: $(STAMP) $(CHROMIUM)
 	rm -rf $(SMOKE)
-	LDM_BUDGET=smoke LDM_SMOKE_CACHE=$(CURDIR)/$(SMOKE)/cache $(BIN)/python -m pytest --nbval-lax $(NOTEBOOKS)
-	LDM_BUDGET=smoke LDM_CACHE=$(CURDIR)/$(SMOKE)/cache TQDM_DISABLE=1 LDM_STATIC_HTML=1 \
-		$(BIN)/jupyter-book build . --path-output $(SMOKE) --warningiserror --nitpick --keep-going
-	LDM_BUDGET=smoke LDM_SMOKE_CACHE=$(CURDIR)/$(SMOKE)/cache LDM_BOOK_HTML=$(CURDIR)/$(SMOKE)/_build/html \
-		LDM_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest tests
+	$(SMOKE_ENV) LDM_SMOKE_EXECUTED=$(CURDIR)/$(SMOKE)/executed OMP_NUM_THREADS=1 \
+		$(BIN)/python -m pytest --nbval-lax -n 2 --dist loadscope $(NOTEBOOKS)
+	test $$(ls $(SMOKE)/executed/*.ipynb | wc -l) -eq $(words $(NOTEBOOKS))
+	mkdir -p $(SMOKE)/src && cp -r _config.yml _toc.yml book $(SMOKE)/src/ && cp $(SMOKE)/executed/*.ipynb $(SMOKE)/src/book/
+	sed -i 's/^  execute_notebooks: force .*/  execute_notebooks: "off"  # make test: executed under nbval/' $(SMOKE)/src/_config.yml
+	grep -q 'execute_notebooks: "off"' $(SMOKE)/src/_config.yml
+	$(SMOKE_ENV) $(BIN)/jupyter-book build $(SMOKE)/src --warningiserror --nitpick --keep-going
+	$(SMOKE_ENV) LDM_BOOK_HTML=$(CURDIR)/$(SMOKE)/src/_build/html LDM_CHROMIUM=$(CHROMIUM) \
+		$(BIN)/python -m pytest -n 2 tests
 
 clean:
 	rm -rf _build

@@ -25,13 +25,14 @@ import resource
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from . import __version__, pretrained
 from .budget import BUDGETS, get_device
-from .cache import cache_dir
+from .cache import cache_dir, check_writable, write_text_atomic
 from .evaluate import Judge, measure_captions, measure_samples
 from .metrics import reconstruction_scores
 from .recipes import Budget, DiffusionRecipe, autoencoder_study, budget_table, diffusion_recipe
@@ -40,11 +41,13 @@ from .train import diffusion_loss
 BOOK = Path(__file__).resolve().parents[1] / "book"
 
 
-def run_chapters(budget: str, keep: Path | None = None) -> tuple[dict, dict]:
+def run_chapters(budget: str, keep: Path | None = None,
+                 save: Callable[[dict, dict], None] = lambda seconds, errors: None) -> tuple[dict, dict]:
     """Execute each chapter in a fresh kernel at ``budget``, in order, sharing the artifact cache.
 
     Args:
         keep: if set, write each executed notebook there (outputs included), to read what the chapter printed.
+        save: called with (seconds, errors) so far after each chapter.
 
     Returns:
         ({notebook stem: seconds}, {notebook stem: the end of the error of a chapter that failed}); a failed
@@ -69,6 +72,7 @@ def run_chapters(budget: str, keep: Path | None = None) -> tuple[dict, dict]:
             errors[path.stem] = str(error)[-2000:]
         seconds[path.stem] = round(time.perf_counter() - start, 1)
         print(f"{path.stem}: {seconds[path.stem]} s{' FAILED' if path.stem in errors else ''}", flush=True)
+        save(seconds, errors)
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             nbformat.write(notebook, keep / path.name)
@@ -166,19 +170,23 @@ def measure_text(row: Budget, judge: Judge) -> dict:
     return result
 
 
-def measure(budget: str) -> dict:
-    """Every model-quality and cost number of the benchmark, from the cached models of ``budget``."""
+def measure(budget: str, result: dict, save: Callable[[dict], None] = lambda result: None) -> dict:
+    """Every model-quality and cost number of the benchmark, from the cached models of ``budget``, added to
+    ``result`` part by part, calling ``save(result)`` after each part (so a failure later keeps the earlier ones)."""
     row = budget_table(budget)
     judge = Judge(pretrained.classifier(budget).model, row.kid_subset, row.bootstrap)
     floor, floor_se = judge.floor(row.samples)
     sweep_floor, sweep_floor_se = judge.floor(row.sweep_samples)
-    result = {"classifier_test_accuracy": judge.accuracy(judge.x_test, judge.y_test),
-              "fid_floor_train_vs_test": floor, "fid_floor_train_vs_test_se": floor_se,
-              "fid_floor_sweep_samples": sweep_floor, "fid_floor_sweep_samples_se": sweep_floor_se,
-              "autoencoder": measure_autoencoders(row, judge)}
-    result["ldm"] = {**measure_unconditional(row, judge), **measure_conditional(row, judge),
-                     "samples": row.samples, "sweep_samples": row.sweep_samples}
-    result["text2img"] = measure_text(row, judge)
+    result.update({"classifier_test_accuracy": judge.accuracy(judge.x_test, judge.y_test),
+                   "fid_floor_train_vs_test": floor, "fid_floor_train_vs_test_se": floor_se,
+                   "fid_floor_sweep_samples": sweep_floor, "fid_floor_sweep_samples_se": sweep_floor_se})
+    parts = [("autoencoder", lambda: measure_autoencoders(row, judge)),
+             ("ldm", lambda: {**measure_unconditional(row, judge), **measure_conditional(row, judge),
+                              "samples": row.samples, "sweep_samples": row.sweep_samples}),
+             ("text2img", lambda: measure_text(row, judge))]
+    for key, measure_part in parts:
+        save(result)
+        result[key] = measure_part()
     return result
 
 
@@ -230,14 +238,15 @@ def study_record(recipe: DiffusionRecipe) -> dict:
     return {"unet": dataclasses.asdict(recipe.unet), **{name: getattr(recipe, name) for name in fields}}
 
 
-def study(budget: str, names: list[str] | None = None) -> dict:
+def study(budget: str, names: list[str] | None = None,
+          save: Callable[[dict], None] = lambda runs: None) -> dict:
     """Quality per CPU-second: for each run of :data:`STUDY` (or those named), train the class-conditional model
     from scratch (not cached) and measure it at four points along the run: conditional accuracy and FID of
     ``sweep_samples`` samples (DDIM 50, guidance 1, the judge of every chapter) against training seconds.
 
     Returns:
         {name: dict(change, recipe (:func:`study_record`), steps, batch_size, seconds,
-        curve=[dict(step, seconds, accuracy, fid, fid_se)])}.
+        curve=[dict(step, seconds, accuracy, fid, fid_se)])}, also passed to ``save`` after each run.
     """
     from .data import load_mnist
     from .pipeline import LatentDiffusion
@@ -265,6 +274,7 @@ def study(budget: str, names: list[str] | None = None) -> dict:
         last = history["monitor"][-1]
         print(f"{name}: {recipe.steps} steps in {history['seconds']:.0f} s, accuracy {last['accuracy']:.3f}, "
               f"FID {last['fid']:.1f} +- {last['fid_se']:.1f}", flush=True)
+        save(result)
     return result
 
 
@@ -320,10 +330,16 @@ def throughput(budget: str, repeats: int = 3) -> dict:
     return result
 
 
+def partial_path(out: Path) -> Path:
+    """Where the benchmark keeps what it has measured so far, until ``out`` is written at the end."""
+    return out.with_name(out.name + ".partial")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", choices=BUDGETS, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="where to write the JSON")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="where to write the JSON (what is measured so far goes to OUT.partial meanwhile)")
     parser.add_argument("--skip-chapters", action="store_true", help="measure the cached models only")
     parser.add_argument("--keep", type=Path, help="write the executed chapters to this folder")
     parser.add_argument("--study", action="store_true", help="run the study of quality per CPU-second instead")
@@ -331,29 +347,48 @@ def main(argv=None) -> None:
                         help="with --study: only these runs (none: the throughput only), kept beside the still valid "
                              "runs of an earlier --out")
     args = parser.parse_args(argv)
+    if args.study and (args.skip_chapters or args.keep):
+        parser.error("--skip-chapters and --keep are for the chapters' run, not --study")
+    if args.out.exists() and not args.out.is_file():
+        parser.error(f"--out {args.out} exists and is not a file; give the path of a JSON file")
+    try:  # before an hour of measuring, not after it
+        check_writable(args.out.parent.resolve(), "the folder of --out")
+    except OSError as error:
+        parser.error(str(error))
+    partial = partial_path(args.out)
+
+    def save(result: dict) -> None:
+        write_text_atomic(json.dumps({**result, "partial": True}, indent=2) + "\n", partial)
+
     torch.manual_seed(0)
     start = time.perf_counter()
     result = {"budget": args.budget, "device": str(get_device()), "torch_version": torch.__version__,
               "ldm_core_version": __version__, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
               f"{platform.python_implementation()} {platform.python_version()}"}
-    if args.study and (args.skip_chapters or args.keep):
-        parser.error("--skip-chapters and --keep are for the chapters' run, not --study")
+    save(result)
     if args.study:
+        earlier = _earlier_runs(args.out, args.budget, args.runs)
         result["throughput_ms_per_step"] = throughput(args.budget)
-        result["study"] = {**_earlier_runs(args.out, args.budget, args.runs), **study(args.budget, args.runs)}
+        result["study"] = earlier
+        save(result)
+        result["study"] = {**earlier, **study(args.budget, args.runs,
+                                              lambda runs: save({**result, "study": {**earlier, **runs}}))}
     else:
         # with an empty cache the chapter times include training every model; with a warm one, only loading them
         result["cache_was_empty"] = not any(cache_dir().glob("*.pt"))
-        result["chapter_seconds"], errors = ({}, {}) if args.skip_chapters else run_chapters(args.budget, args.keep)
+        result["chapter_seconds"], errors = ({}, {}) if args.skip_chapters else run_chapters(
+            args.budget, args.keep, lambda seconds, errors: save({**result, "chapter_seconds": seconds,
+                                                                  "chapter_errors": errors}))
         if errors:
             result["chapter_errors"] = errors
-        result.update(measure(args.budget))
+        measure(args.budget, result, save)
     result["bench_seconds"] = round(time.perf_counter() - start, 1)
     rss_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     result["peak_rss_mb"] = round(rss_kb / 1024, 1)  # Linux reports kB
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2) + "\n"
+    print(text, flush=True)  # first: if the write below fails, the result is still on the screen
+    write_text_atomic(text, args.out)
+    partial.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

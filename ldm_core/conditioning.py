@@ -85,6 +85,7 @@ class Tokenizer:
     ``tokenizer(captions)``: a list of B strings -> int64 (B, L).
 
     Raises:
+        TypeError: if captions is not a list (or tuple) of strings; one string is not a batch of captions.
         ValueError: for a word outside the vocabulary or a caption longer than L words.
     """
 
@@ -99,6 +100,9 @@ class Tokenizer:
         return len(self.vocabulary)
 
     def __call__(self, captions: list[str]) -> torch.Tensor:
+        if not isinstance(captions, (list, tuple)) or not all(isinstance(text, str) for text in captions):
+            raise TypeError(f"captions must be a list of strings (one caption each; wrap one caption as [text]), "
+                            f"got {type(captions).__name__}: {str(captions)[:80]!r}")
         rows = []
         for text in captions:
             words = text.lower().split()

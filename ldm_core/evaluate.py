@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .attention import capture_cross_attention
+from .checks import check_images, check_int
 from .data import load_mnist, random_captions
 from .metrics import accuracy, both_digits_correct, features, fid, fid_bootstrap_se, kid
 from .pipeline import LatentDiffusion
@@ -42,6 +43,7 @@ class Judge:
     def scores(self, x: torch.Tensor) -> dict[str, float]:
         """FID, its bootstrap standard error and KID (subsets of min(kid_subset, N)) of images x (N, 1, 32, 32) in
         [-1, 1] against the test digits, from one pass of the classifier: dict(fid, fid_se, kid)."""
+        check_images("x", x, 1)
         f = features(self.classifier, x)
         return {"fid": fid(f, self.test_features), "fid_se": fid_bootstrap_se(f, self.test_features, self.bootstrap),
                 "kid": kid(f, self.test_features, subset_size=min(self.kid_subset, len(x)))}
@@ -92,7 +94,11 @@ def measure_samples(ldm: LatentDiffusion, judge: Judge, n: int, **sample_kwargs)
 
     Returns:
         dict(x, per_s, fid, fid_se, kid) and, for a class-conditional model, ``accuracy`` and ``labels``.
+
+    Raises:
+        TypeError, ValueError: if n is not an integer >= 2 (a FID needs two samples), or as ``ldm.sample``.
     """
+    check_int("n", n, 2)
     conditional = ldm.denoiser.conditioner is not None
     labels = class_labels(n) if conditional else None
     x, per_s = timed_samples(ldm, labels, None if conditional else n, **sample_kwargs)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .autoencoder import Autoencoder
+from .checks import check_finite, check_images, check_int
 from .samplers import classifier_free_guidance, ddim_sample, ddpm_sample, make_timesteps
 from .schedules import eps_from_v, rng_device
 from .unet import Denoiser
@@ -54,7 +55,12 @@ class LatentDiffusion:
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, C, H, W) in [-1, 1] -> scaled latents z_0 = scale_factor * mode(q(z | x)), (B, c, H/f, W/f)."""
+        """x (B, C, H, W) in [-1, 1] -> scaled latents z_0 = scale_factor * mode(q(z | x)), (B, c, H/f, W/f).
+
+        Raises:
+            TypeError, ValueError: if x is not a float image batch with the autoencoder's channels in [-1, 1].
+        """
+        check_images("x", x, self.autoencoder.config.in_channels)
         return self.autoencoder.scale_factor * self.autoencoder.encode(x).mode()
 
     @torch.no_grad()
@@ -85,14 +91,28 @@ class LatentDiffusion:
             images (B, C, H, W), roughly in [-1, 1], on the CPU.
 
         Raises:
-            ValueError: for an unknown sampler, labels/n that do not match the denoiser, or noise of the wrong shape.
+            TypeError: for labels that are not a tensor, or steps or n that are not integers.
+            ValueError: for an unknown sampler, labels/n that do not match the denoiser, the null label (ask for
+                unconditional samples with guidance_scale=0), steps outside [1, T], eta outside [0, 1], a guidance
+                scale that is negative, NaN or infinite, or noise of the wrong shape.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        check_int("steps", steps, 1, self.T)
+        check_finite("eta", eta, 0.0, 1.0)
+        check_finite("guidance_scale", guidance_scale, low=0.0)
         conditional = self.denoiser.conditioner is not None
         if conditional == (labels is None) or (labels is None) == (n is None):
             raise ValueError("give labels for a conditional denoiser, or n for an unconditional one")
-        batch = len(labels) if conditional else n
+        if conditional:
+            if not isinstance(labels, torch.Tensor):
+                raise TypeError(f"labels must be a tensor (int64 class labels (B,) or caption tokens (B, L)), "
+                                f"got {type(labels).__name__}")
+            null_label = getattr(self.denoiser.conditioner, "null_label", None)
+            if null_label is not None and bool((labels == null_label).any()):
+                raise ValueError(f"labels hold the null label {null_label}, which means 'no condition' in training; "
+                                 f"for unconditional samples use guidance_scale=0 with any labels")
+        batch = len(labels) if conditional else check_int("n", n, 1)
         if noise is None:
             noise = torch.randn((batch, *self.latent_shape), generator=generator,
                                 device=rng_device(generator, self.device))

@@ -7,7 +7,6 @@ A chapter asks, say, for "the f=4 autoencoder at this budget": :func:`autoencode
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -15,7 +14,7 @@ import torch.nn as nn
 
 from .autoencoder import Autoencoder, PixelSpace, latent_scale_factor
 from .budget import get_device
-from .cache import Artifact, load_or_train
+from .cache import Artifact, Checkpoint, load_or_train
 from .conditioning import ClassEmbedder, TextEncoder, Tokenizer
 from .data import CAPTION_TEMPLATES, caption, load_mnist, two_digit_canvases
 from .losses import PatchDiscriminator, PerceptualLoss, autoencoder_loss, digit_feature_layers
@@ -60,7 +59,7 @@ def autoencoder(budget: str | None = None, recipe: AutoencoderRecipe | None = No
     recipe = recipe or budget_table(budget).autoencoder
     device = get_device()
 
-    def fit(model: Autoencoder, checkpoint: Path) -> dict:
+    def fit(model: Autoencoder, checkpoint: Checkpoint) -> dict:
         x, _ = load_mnist("train")
         x = x.to(device)
         generator = torch.Generator(device).manual_seed(recipe.seed)
@@ -100,7 +99,7 @@ def classifier(budget: str | None = None, recipe: ClassifierRecipe | None = None
     def build() -> DigitClassifier:
         return _seeded(recipe.seed, lambda: DigitClassifier(width=recipe.width))
 
-    def fit(model: DigitClassifier, checkpoint: Path) -> dict:
+    def fit(model: DigitClassifier, checkpoint: Checkpoint) -> dict:
         x, y = load_mnist("train")
         generator = torch.Generator(device).manual_seed(recipe.seed)
         batches = Batches(x.to(device), y.to(device), batch_size=recipe.batch_size, seed=recipe.seed)
@@ -136,7 +135,7 @@ def latent_diffusion(budget: str | None = None, conditional: bool = False,
     first_stage = PixelSpace() if recipe.autoencoder is None else autoencoder(recipe=recipe.autoencoder).model
     first_stage = first_stage.to(device)
 
-    def fit(model: Denoiser, checkpoint: Path) -> dict:
+    def fit(model: Denoiser, checkpoint: Checkpoint) -> dict:
         x, y = load_mnist("train")
         return fit_diffusion(model, first_stage, x, y, recipe, desc="latent diffusion", checkpoint=checkpoint)
 
@@ -198,7 +197,7 @@ def text_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact
                                  device=rng_device(generator, device)).tolist()
         return tokenizer([caption(a, b, p) for (a, b), p in zip(digits.tolist(), phrasing)]).to(device)
 
-    def fit(model: Denoiser, checkpoint: Path) -> dict:
+    def fit(model: Denoiser, checkpoint: Checkpoint) -> dict:
         if recipe.warm_start is not None:  # (a resumed run then loads its checkpoint over these weights)
             source, _ = latent_diffusion(budget_table(budget).name, conditional=True)
             warm_start(model.unet, source.denoiser.unet)

@@ -19,7 +19,8 @@ import torch
 from .autoencoder import AutoencoderConfig
 from .budget import BUDGETS, get_budget
 from .schedules import SCHEDULES, alpha_bar_from_betas
-from .train import loss_weight, lr_factor
+from .checks import check_finite, check_int
+from .train import PREDICTIONS, lr_factor
 from .unet import UNetConfig
 
 
@@ -31,6 +32,16 @@ class ClassifierRecipe:
     lr: float = 1e-3
     max_shift: int = 2  # augmentation: random translation by up to this many pixels
     seed: int = 0
+
+    def __post_init__(self):
+        _check_optimisation(self)
+
+
+def _check_optimisation(recipe) -> None:
+    """The fields every recipe has: steps and batch_size positive integers, lr a positive finite number."""
+    check_int("steps", recipe.steps, 1)
+    check_int("batch_size", recipe.batch_size, 1)
+    check_finite("lr", recipe.lr, low=0.0, open_low=True)
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,9 @@ class AutoencoderRecipe:
     adversarial_weight: float = 0.0  # weight of the patch discriminator's term, times the adaptive weight; 0: off
     discriminator_start: int = 0  # the step at which the discriminator and its term switch on
     seed: int = 0
+
+    def __post_init__(self):
+        _check_optimisation(self)
 
 
 @dataclass(frozen=True)
@@ -69,11 +83,17 @@ class DiffusionRecipe:
     seed: int = 0
 
     def __post_init__(self):
+        _check_optimisation(self)
+        check_finite("ema_decay", self.ema_decay, 0.0, 1.0)
+        check_finite("p_uncond", self.p_uncond, 0.0, 1.0)
+        check_int("T", self.T, 1)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {tuple(SCHEDULES)}, got {self.schedule!r}")
-        loss_weight(torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.int64), self.prediction,
-                    self.min_snr_gamma)  # validates prediction and gamma
-        lr_factor(0, self.steps, self.warmup_steps, self.lr_decay)  # validates the learning-rate schedule
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        if self.min_snr_gamma is not None:
+            check_finite("min_snr_gamma (or None)", self.min_snr_gamma, low=0.0, open_low=True)
+        lr_factor(0, self.steps, check_int("warmup_steps", self.warmup_steps, 0), self.lr_decay)  # the schedule
 
     def alpha_bar(self) -> torch.Tensor:
         """The recipe's schedule alpha_bar_t, float64 (T,): ``SCHEDULES[schedule](T)``."""
@@ -220,8 +240,11 @@ def diffusion_recipe(budget: str | None, conditional: bool, space: str = "kl_f4"
     the same budget of arithmetic (and, on one machine, about the same wall-clock time).
 
     Raises:
+        TypeError: if conditional is not a bool.
         ValueError: for an unknown budget or space.
     """
+    if not isinstance(conditional, bool):
+        raise TypeError(f"conditional must be True or False, got {conditional!r}")
     if space not in SPACES:
         raise ValueError(f"space must be one of {SPACES}, got {space!r}")
     row = budget_table(budget)

@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from .checks import check_finite, check_int
 from .schedules import predict_x0_from_eps, randn_like
 
 Model = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
@@ -46,10 +47,11 @@ def make_timesteps(T: int, n: int, spacing: str = "linspace") -> torch.Tensor:
         int64 tensor (n,), strictly decreasing, in [0, T-1].
 
     Raises:
+        TypeError: if T or n is not an integer.
         ValueError: if n is not in [1, T] or the spacing is unknown.
     """
-    if not 1 <= n <= T:
-        raise ValueError(f"n must be in [1, T={T}], got {n}")
+    T = check_int("T", T, 1)
+    n = check_int("n (sampler steps)", n, 1, T)
     if spacing == "linspace":
         return torch.linspace(T - 1, 0, n, dtype=torch.float64).round().long()
     if spacing == "leading":
@@ -134,8 +136,7 @@ def ddim_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
     Returns:
         z_0 samples, shape of ``noise``.
     """
-    if not 0 <= eta <= 1:
-        raise ValueError(f"eta must be in [0, 1] (above 1, sigma^2 can exceed 1 - alpha_bar_t_prev), got {eta}")
+    eta = check_finite("eta", eta, 0.0, 1.0)  # above 1, sigma^2 can exceed 1 - alpha_bar_t_prev
     z = noise
     for step, (t, t_prev) in enumerate(_pairs(timesteps)):
         a, a_prev = _alpha_bar_pair(alpha_bar, t, t_prev)
@@ -168,9 +169,11 @@ def classifier_free_guidance(model: Model, guidance_scale: float, null_cond: Cal
 
     Returns:
         A model with the same signature.
+
+    Raises:
+        ValueError: if guidance_scale is not a finite number >= 0.
     """
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    guidance_scale = check_finite("guidance_scale", guidance_scale, low=0.0)  # NaN or inf: NaN images
 
     def guided(z_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         B = z_t.shape[0]
@@ -188,6 +191,7 @@ def slerp(z_a: torch.Tensor, z_b: torch.Tensor, weight: float) -> torch.Tensor:
     points passes well inside it (at w = 0.5 its norm is about 0.71 sqrt(d)), where the sampler has never seen
     a starting point, while slerp stays near the sphere. weight in [0, 1]; returns z_a at 0 and z_b at 1.
     """
+    check_finite("weight", weight, 0.0, 1.0)
     if z_a.shape != z_b.shape:
         raise ValueError(f"z_a and z_b must have the same shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
     a, b = z_a.flatten().double(), z_b.flatten().double()

@@ -116,8 +116,8 @@ def q_sample(z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alpha_bar: to
     """
     if eps.shape != z0.shape:
         raise ValueError(f"eps must have the shape of z0 {tuple(z0.shape)}, got {tuple(eps.shape)}")
-    if t.shape != (z0.shape[0],):
-        raise ValueError(f"t must be ({z0.shape[0]},), got {tuple(t.shape)}")
+    if t.shape != (z0.shape[0],) or t.dtype != torch.int64:
+        raise ValueError(f"t must be int64 timesteps ({z0.shape[0]},), got {t.dtype} {tuple(t.shape)}")
     T = alpha_bar.shape[0]
     if t.min() < 0 or t.max() >= T:
         raise ValueError(f"t must lie in [0, {T - 1}], got values in [{int(t.min())}, {int(t.max())}]")

@@ -3,6 +3,7 @@ is fitted on the latents of a frozen first stage."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -14,7 +15,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from .cache import save_atomic
+from .cache import Checkpoint, save_atomic, set_aside
+from .checks import check_finite, check_int
 from .conditioning import condition_dropout
 from .schedules import q_sample, randn_like, rng_device, v_from_eps_x0
 
@@ -35,11 +37,13 @@ class Batches:
     ``batches(step)`` returns a tuple of tensors with first dimension ``batch_size``.
 
     Raises:
+        TypeError: if batch_size is not an integer.
         ValueError: if batch_size is out of range or the first dimensions differ.
     """
 
     def __init__(self, *tensors: torch.Tensor, batch_size: int, seed: int = 0):
         n = tensors[0].shape[0]
+        check_int("batch_size", batch_size, 1)
         if not 1 <= batch_size <= n or any(x.shape[0] != n for x in tensors):
             raise ValueError(f"need 1 <= batch_size <= N and equal first dimensions, got batch_size={batch_size}, "
                              f"shapes {[tuple(x.shape) for x in tensors]}")
@@ -75,8 +79,7 @@ def loss_weight(alpha_bar: torch.Tensor, t: torch.Tensor, prediction: str = "eps
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     if min_snr_gamma is None:
         return torch.ones(t.shape, dtype=torch.float64, device=t.device)
-    if not min_snr_gamma > 0:
-        raise ValueError(f"min_snr_gamma must be > 0 or None, got {min_snr_gamma}")
+    check_finite("min_snr_gamma (or None)", min_snr_gamma, low=0.0, open_low=True)
     a = alpha_bar.to(t.device)[t]
     snr = a / (1 - a)
     return snr.clamp(max=min_snr_gamma) / (snr if prediction == "eps" else snr + 1)
@@ -161,11 +164,28 @@ def make_ema(model: nn.Module, decay: float, warmup: bool = True) -> AveragedMod
     return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
+def _read_checkpoint(checkpoint: Checkpoint, run: str, device: torch.device) -> dict | None:
+    """The state saved at ``checkpoint`` if it is there, readable and made by ``run``; else None, and a file that is
+    there but unreadable or foreign is set aside (renamed, with a warning): it is neither resumed nor lost."""
+    if not checkpoint.path.exists():
+        return None
+    try:
+        state = torch.load(checkpoint.path, map_location=device, weights_only=True)
+    except Exception as error:  # truncated or corrupt: start over rather than fail every call
+        set_aside(checkpoint.path, f"cannot be loaded ({type(error).__name__}: {str(error)[:200]})")
+        return None
+    if not isinstance(state, dict) or state.get("run") != run:
+        set_aside(checkpoint.path, "this checkpoint was made by another run (recipe, steps, optimiser or "
+                                   "architecture), not by this one")
+        return None
+    return state
+
+
 def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: str,
           grad_clip: float | None = 1.0, ema_decay: float | None = None, ema_warmup: bool = True,
           warmup_steps: int = 0, lr_decay: str = "constant", generator: torch.Generator | None = None,
           discriminator: nn.Module | None = None, discriminator_lr: float | None = None,
-          checkpoint: str | Path | None = None, checkpoint_every: int = 250,
+          checkpoint: Checkpoint | str | Path | None = None, checkpoint_every: int = 250,
           monitor: Callable[[nn.Module], dict] | None = None, monitor_every: int = 0) -> dict:
     """The one training loop: AdamW, gradient clipping, optional EMA and discriminator, a progress bar, a loss
     history, and checkpoints to resume from.
@@ -176,9 +196,15 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
     AdamW over ``discriminator``'s parameters, after the model's step; it must not backpropagate into the model.
 
     Resuming: with ``checkpoint`` set, the model, optimisers, EMA, loss history and ``generator``'s state are
-    saved there atomically every ``checkpoint_every`` steps, and a run that finds the file continues from its
-    step. With batches drawn by step (:class:`Batches`) and all other randomness from ``generator``, the resumed
-    run computes exactly what an uninterrupted one would. The file is removed when training completes.
+    saved there atomically every ``checkpoint_every`` steps and once more at the end, and a run that finds the file
+    continues from its step. With batches drawn by step (:class:`Batches`) and all other randomness from
+    ``generator``, the resumed run computes exactly what an uninterrupted one would. The file records what made it
+    (the :class:`~ldm_core.cache.Checkpoint`'s ``made_by``, the step count, the optimiser's settings, the
+    parameters' names and shapes): a file that another run made, or that cannot be read, is set aside
+    (:func:`~ldm_core.cache.set_aside`, with a warning) and training starts from step 0. The finished file is
+    kept, so that nothing is lost if the caller's next write fails: the caller removes it once the result is safe
+    (:func:`~ldm_core.cache.load_or_train` does, after writing the cache file); a finished checkpoint resumes to
+    the same result without a step.
 
     Args:
         model: the module to train (set to train mode, then eval mode).
@@ -201,23 +227,31 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
         monitor=[dict(step, seconds, **numbers)] if ``monitor`` is set).
 
     Raises:
+        ValueError: for steps, lr, checkpoint_every or monitor_every that are not positive numbers of their kind.
         FloatingPointError: if a loss is not finite.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_int("steps", steps, 1)
+    check_int("checkpoint_every", checkpoint_every, 1)
+    check_finite("lr", lr, low=0.0, open_low=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     d_optimizer = (torch.optim.AdamW(discriminator.parameters(), lr=discriminator_lr or lr, weight_decay=0.0)
                    if discriminator is not None else None)
     lr_factor(0, steps, warmup_steps, lr_decay)  # validates the schedule before any work
-    if monitor is not None and monitor_every < 1:
-        raise ValueError(f"monitor_every must be >= 1 with a monitor, got {monitor_every}")
+    if monitor is not None:
+        check_int("monitor_every (with a monitor)", monitor_every, 1)
     ema = make_ema(model, ema_decay, ema_warmup) if ema_decay is not None else None
     losses: list[float] = []
     monitored: list[dict] = []
     seconds_before = 0.0  # training seconds of the segments a checkpoint carries
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=next(model.parameters()).device, weights_only=True)
+    if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+        checkpoint = Checkpoint(Path(checkpoint))
+    run = json.dumps({"made_by": checkpoint.made_by if checkpoint else "", "steps": steps, "lr": lr,
+                      "warmup_steps": warmup_steps, "lr_decay": lr_decay, "grad_clip": grad_clip,
+                      "ema_decay": ema_decay, "ema_warmup": ema_warmup, "discriminator_lr": discriminator_lr,
+                      "parameters": [[name, list(p.shape)] for name, p in model.state_dict().items()],
+                      "discriminator": discriminator is not None}, sort_keys=True)
+    state = _read_checkpoint(checkpoint, run, next(model.parameters()).device) if checkpoint is not None else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         for part, key in ((d_optimizer, "d_optimizer"), (discriminator, "discriminator"), (ema, "ema")):
@@ -226,18 +260,18 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
         if generator is not None:
             generator.set_state(state["generator"])
         losses = list(state["loss"])
-        seconds_before = float(state.get("seconds", 0.0))
-        monitored = [dict(point) for point in state.get("monitor", [])]
+        seconds_before = float(state["seconds"])
+        monitored = [dict(point) for point in state["monitor"]]
 
     def save() -> None:
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "loss": losses,
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "loss": losses, "run": run,
                  "seconds": seconds_before + time.perf_counter() - start - monitor_seconds, "monitor": monitored}
         for part, key in ((d_optimizer, "d_optimizer"), (discriminator, "discriminator"), (ema, "ema")):
             if part is not None:
                 state[key] = part.state_dict()
         if generator is not None:
             state["generator"] = generator.get_state()
-        save_atomic(state, checkpoint)
+        save_atomic(state, checkpoint.path)
 
     model.train()
     if discriminator is not None:
@@ -279,14 +313,12 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
                 bar.set_postfix(loss=f"{losses[-1]:.4g}", **{k: f"{v:.3g}" for k, v in (logs or {}).items()})
             if monitor is not None and ((step + 1) % monitor_every == 0 or step + 1 == steps):
                 watch(step + 1)
-            if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
                 save()
     seconds = time.perf_counter() - start - monitor_seconds
     if ema is not None:
         model.load_state_dict(ema.module.state_dict())
     model.eval()
-    if checkpoint is not None and checkpoint.exists():
-        checkpoint.unlink()
     last = losses[-min(50, len(losses)):]
     # one plain line that outlives the progress bar (the HTML book hides the bar: TQDM_DISABLE=1 in `make book`)
     print(f"{desc}: {steps} steps, {seconds:.0f} s in this run; mean loss over the last {len(last)} steps "
@@ -298,7 +330,7 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
 
 
 def fit_diffusion(model: nn.Module, first_stage: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe, *, desc: str,
-                  checkpoint: str | Path | None = None,
+                  checkpoint: Checkpoint | str | Path | None = None,
                   to_condition: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                   monitor: Callable[[nn.Module], dict] | None = None, monitor_every: int = 0) -> dict:
     """Train a denoiser on the latents of a frozen first stage: the one training path of every diffusion model.

@@ -117,13 +117,15 @@ src="data:image/png;base64,{frames['_'.join('0' * len(names))]}">
 }})();</script></div>"""
 
 
-LIVE_SLIDERS: list[tuple[Callable, dict]] = []  # (fn, values) of every live slider made in this process
+# (fn, values) of every slider made in this process, live or pre-rendered: what a reader moves in Jupyter
+LIVE_SLIDERS: list[tuple[Callable, dict]] = []
 
 
 def exercise_live_sliders() -> int:
-    """Call every live slider's function made so far at its sliders' minimum, middle and maximum values (all
-    sliders at once), as a reader who moves them after running the whole chapter would: a callback that reads a
-    global the chapter has since rebound raises here. Returns the number of calls made."""
+    """Call every slider's function made so far at its sliders' minimum, middle and maximum values (all sliders
+    at once), as a reader who moves them live after running the whole chapter would: a callback that reads a
+    global the chapter has since rebound raises here, in a live kernel and in the HTML build alike (whose
+    pre-rendered frames were drawn before the rebinding). Returns the number of calls made."""
     calls = 0
     for fn, values in LIVE_SLIDERS:
         for pick in (lambda v: v[0], lambda v: v[len(v) // 2], lambda v: v[-1]):
@@ -147,11 +149,11 @@ def show_source(obj) -> "IPython.display.Markdown":
 def slider(fn: Callable, **values: Sequence):
     """Sliders over a pure function of their values that returns a figure or an image.
 
-    In a live kernel (Jupyter, Colab) these are ipywidgets that call ``fn`` as they move (and ``fn`` is kept in
-    :data:`LIVE_SLIDERS` for :func:`exercise_live_sliders`). When the book is built
+    In a live kernel (Jupyter, Colab) these are ipywidgets that call ``fn`` as they move. When the book is built
     to HTML (``LDM_STATIC_HTML=1``, set by ``make book``) every frame is pre-rendered into a self-contained
     JavaScript player (:func:`static_slider_html`), so dragging still changes the picture with no kernel and no
-    network. Either way the frames come from the same ``fn``.
+    network. Either way the frames come from the same ``fn``, kept in :data:`LIVE_SLIDERS` for
+    :func:`exercise_live_sliders`.
 
     Args:
         fn: ``fn(**slider_values)`` returning a matplotlib Figure or an image array in [0, 1].
@@ -160,6 +162,7 @@ def slider(fn: Callable, **values: Sequence):
     Returns:
         the displayable object (an ``IPython.display.HTML`` or an ``ipywidgets`` widget).
     """
+    LIVE_SLIDERS.append((fn, {name: list(v) for name, v in values.items()}))
     if os.environ.get("LDM_STATIC_HTML"):
         from IPython.display import HTML
 
@@ -174,7 +177,6 @@ def slider(fn: Callable, **values: Sequence):
             ax.set_axis_off()
         plt.show()
 
-    LIVE_SLIDERS.append((fn, {name: list(v) for name, v in values.items()}))
     sliders = {name: ipywidgets.SelectionSlider(options=list(v), description=name, continuous_update=False)
                for name, v in values.items()}
     return ipywidgets.interactive(show, **sliders)

@@ -1,10 +1,10 @@
-"""Every live slider still works after its chapter has run to the end, as a reader in Jupyter or Colab would move it.
+"""Every slider still works after its chapter has run to the end, as a reader in Jupyter or Colab would move it.
 
 The HTML book cannot show this (its frames were rendered when the cell ran): a slider callback that reads a global
-which a later cell rebinds breaks only live. So each chapter with a slider ends its Checks by calling every live
-slider's function at its minimum, middle and maximum (:func:`ldm_core.viz.exercise_live_sliders`); `make test`
-runs the chapters under nbval with live widgets (``LDM_STATIC_HTML`` unset), where that assertion bites. In the
-HTML build there are no live sliders and the call makes none.
+which a later cell rebinds breaks only live. So each chapter with a slider ends its Checks by calling every
+slider's function at its minimum, middle and maximum (:func:`ldm_core.viz.exercise_live_sliders`), where that
+assertion bites whether the sliders are live widgets or pre-rendered players (``LDM_STATIC_HTML=1``, as under
+nbval in `make test` and in `make book`).
 """
 
 import json
@@ -38,8 +38,12 @@ def test_a_chapter_with_sliders_moves_them_after_everything_else(path):
     assert calls and calls[-1] > last_slider, f"{path.name}: the Checks must end with `{CALL}`"
 
 
-def test_exercise_live_sliders_catches_a_callback_that_reads_a_rebound_global(monkeypatch):
-    monkeypatch.delenv("LDM_STATIC_HTML", raising=False)
+@pytest.mark.parametrize("static", [False, True], ids=["live", "pre-rendered"])
+def test_exercise_live_sliders_catches_a_callback_that_reads_a_rebound_global(monkeypatch, static):
+    if static:
+        monkeypatch.setenv("LDM_STATIC_HTML", "1")
+    else:
+        monkeypatch.delenv("LDM_STATIC_HTML", raising=False)
     monkeypatch.setattr(viz, "LIVE_SLIDERS", [])
     scale = {"value": 1.0}
     viz.slider(lambda k: [[k * scale["value"]]], k=[0.0, 0.5, 1.0])

@@ -109,9 +109,10 @@ def test_corrupt_cache_file_is_retrained_not_trusted():
     path = cache_path("classifier", recipe)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a checkpoint")
-    with pytest.warns(UserWarning, match="retraining"):
+    with pytest.warns(UserWarning, match="cannot be loaded.*set aside"):
         artifact = pretrained.classifier()
     assert not artifact.from_cache
+    assert path.with_name(path.stem + ".set-aside-1.pt").read_bytes() == b"not a checkpoint", "nothing is deleted"
     assert pretrained.classifier().from_cache
 
 

@@ -25,11 +25,11 @@ def test_one_step_sampler_starts_from_pure_noise():
 
 
 def test_timesteps_reject_bad_requests():
-    with pytest.raises(ValueError, match=r"n must be in \[1, T=1000\]"):
+    with pytest.raises(ValueError, match=r"n \(sampler steps\) must be an integer in \[1, 1000\]"):
         make_timesteps(T, 0)
     with pytest.raises(ValueError, match="spacing must be one of"):
         make_timesteps(T, 10, "cubic")
-    with pytest.raises(ValueError, match=r"eta must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"eta must be a finite number in \[0.0, 1.0\]"):
         ddim_sample(lambda z, t, c: z, torch.zeros(1, 1), ALPHA_BAR, make_timesteps(T, 2), eta=1.5)
 
 

@@ -82,7 +82,12 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
     assert history_b["seconds"] > state["seconds"] > 0, "training time adds up across the segments"
     for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()):
         assert torch.equal(a, b)
-    assert not checkpoint.exists(), "a finished run removes its checkpoint"
+    finished = torch.load(checkpoint, weights_only=True)
+    assert finished["loss"] == history_a["loss"], "a finished run keeps its checkpoint until the caller is safe"
+    model_c, history_c = _toy_run(tmp_path, steps=40, checkpoint=checkpoint, ema_decay=0.9, interrupt_at=0, **schedule)
+    assert history_c["loss"] == history_a["loss"], "resuming a finished checkpoint runs no step"
+    for a, c in zip(model_a.state_dict().values(), model_c.state_dict().values()):
+        assert torch.equal(a, c)
 
 
 def test_ema_closed_forms(tmp_path):
