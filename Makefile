@@ -42,7 +42,7 @@ $(CHROMIUM):
 # 2. the book, built from those executed chapters (the sources copied to $(SMOKE)/src, execution off: one execution
 #    of every chapter, not two) as `make book` builds it (warnings are errors, sliders pre-rendered);
 # 3. the unit tests, the benchmark's test (from a copy of those models) and the browser test over every page of
-#    that build (tests/browser), two at a time.
+#    that build (tests/browser).
 SMOKE_ENV := LDM_BUDGET=smoke LDM_SMOKE_CACHE=$(CURDIR)/$(SMOKE)/cache TQDM_DISABLE=1 LDM_STATIC_HTML=1
 test: $(STAMP) $(CHROMIUM)
 	rm -rf $(SMOKE)
@@ -54,7 +54,7 @@ test: $(STAMP) $(CHROMIUM)
 	grep -q 'execute_notebooks: "off"' $(SMOKE)/src/_config.yml
 	$(SMOKE_ENV) $(BIN)/jupyter-book build $(SMOKE)/src --warningiserror --nitpick --keep-going
 	$(SMOKE_ENV) LDM_BOOK_HTML=$(CURDIR)/$(SMOKE)/src/_build/html LDM_CHROMIUM=$(CHROMIUM) \
-		$(BIN)/python -m pytest -n 2 tests
+		$(BIN)/python -m pytest tests
 
 clean:
 	rm -rf _build
