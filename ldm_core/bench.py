@@ -2,10 +2,12 @@
 
     python -m ldm_core.bench --budget {smoke,book,full} --out PATH
     python -m ldm_core.bench --budget book --study --out bench/study-book.json
+    python -m ldm_core.bench --budget book --tradeoff --out bench/tradeoff-book.json
 
 The second form is the study of quality per CPU-second (chapter 2): the class-conditional model trained with one
 change at a time from the book's recipe, measured along each run, and the cost of a training step under each
-CPU option (:func:`study`, :func:`throughput`).
+CPU option (:func:`study`, :func:`throughput`). The third is the compression trade-off (chapter 2, paper Sec. 4.1):
+the unconditional model on pixels and in the latent spaces f = 2, 4, 8, measured along each run (:func:`tradeoff`).
 
 Runs every chapter at the budget (which trains and caches the models; a warm cache is reused), then measures
 the cached models, one function per chapter, each through the calls the chapter itself makes
@@ -249,7 +251,6 @@ def study(budget: str, names: list[str] | None = None,
         curve=[dict(step, seconds, accuracy, fid, fid_se)])}, also passed to ``save`` after each run.
     """
     from .data import load_mnist
-    from .pipeline import LatentDiffusion
     from .train import fit_diffusion
 
     row = budget_table(budget)
@@ -260,20 +261,87 @@ def study(budget: str, names: list[str] | None = None,
     result = {}
     for name in list(STUDY) if names is None else names:
         recipe = study_recipe(budget, STUDY[name])
-
-        def monitor(denoiser: nn.Module) -> dict:
-            ldm = LatentDiffusion(first_stage, denoiser, recipe.alpha_bar().to(device), prediction=recipe.prediction)
-            m = measure_samples(ldm, judge, row.sweep_samples, sampler="ddim", steps=50)
-            return {"accuracy": m["accuracy"], "fid": m["fid"], "fid_se": m["fid_se"]}
-
         model = pretrained.build_denoiser(recipe).to(device)
-        history = fit_diffusion(model, first_stage, x, y, recipe, desc=f"study: {name}", monitor=monitor,
+        history = fit_diffusion(model, first_stage, x, y, recipe, desc=f"study: {name}",
+                                monitor=_quality_monitor(first_stage, recipe, judge, row.sweep_samples),
                                 monitor_every=-(-recipe.steps // 4))  # four points: 3 multiples and the last
         result[name] = {"change": STUDY[name], "recipe": study_record(recipe), "steps": recipe.steps,
                         "batch_size": recipe.batch_size, "seconds": history["seconds"], "curve": history["monitor"]}
         last = history["monitor"][-1]
         print(f"{name}: {recipe.steps} steps in {history['seconds']:.0f} s, accuracy {last['accuracy']:.3f}, "
               f"FID {last['fid']:.1f} +- {last['fid_se']:.1f}", flush=True)
+        save(result)
+    return result
+
+
+def _quality_monitor(first_stage: nn.Module, recipe: DiffusionRecipe, judge: Judge, n: int) -> Callable:
+    """The study's and the trade-off's measurement along a run: FID (and, for a class-conditional model,
+    accuracy) of n samples, DDIM 50, guidance 1, of the denoiser being trained (its EMA)."""
+    from .pipeline import LatentDiffusion
+
+    device = get_device()
+
+    def monitor(denoiser: nn.Module) -> dict:
+        ldm = LatentDiffusion(first_stage, denoiser, recipe.alpha_bar().to(device), prediction=recipe.prediction)
+        m = measure_samples(ldm, judge, n, sampler="ddim", steps=50)
+        return {key: m[key] for key in ("accuracy", "fid", "fid_se") if key in m}
+
+    return monitor
+
+
+# The compression trade-off (chapter 2; paper Sec. 4.1, Fig. 6): the unconditional model of chapter 2 on pixels and
+# on the latents of the f = 2, 4, 8 autoencoders of chapter 1. Each latent run gets the training FLOPs of the book's
+# f = 4 run (:func:`~ldm_core.recipes.diffusion_recipe` sets its steps); the pixel run, TRADEOFF_PIXEL_COMPUTE times
+# as much, so that its curve gets far enough to compare with. Each is measured at these fractions of its steps.
+TRADEOFF_PIXEL_COMPUTE = 3
+TRADEOFF_POINTS = {"latent": (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1), "pixel": (1 / 3, 2 / 3, 1)}
+
+
+def tradeoff_recipe(budget: str, space: str) -> DiffusionRecipe:
+    """The trade-off's run in ``space`` (one of :data:`~ldm_core.recipes.SPACES`): chapter 2's unconditional recipe,
+    the pixel one TRADEOFF_PIXEL_COMPUTE times as long (its warm-up a tenth of its steps, at most the table's)."""
+    recipe = diffusion_recipe(budget, conditional=False, space=space)
+    if space != "pixel":
+        return recipe
+    steps = recipe.steps * TRADEOFF_PIXEL_COMPUTE
+    return dataclasses.replace(recipe, steps=steps,
+                               warmup_steps=min(budget_table(budget).warmup_steps, steps // 10))
+
+
+def tradeoff(budget: str, save: Callable[[dict], None] = lambda runs: None) -> dict:
+    """Quality against training seconds for the unconditional model in every space: FID of ``sweep_samples``
+    samples (DDIM 50) at the fractions :data:`TRADEOFF_POINTS` of each run (checkpoints along one run, from scratch,
+    not cached), with the judge of every chapter.
+
+    Returns:
+        {space: dict(f, steps, seconds, flops_per_example, curve=[dict(step, seconds, fid, fid_se)])} for the spaces
+        pixel, kl_f2, kl_f4, kl_f8, also passed to ``save`` after each run.
+    """
+    from .autoencoder import PixelSpace
+    from .data import load_mnist
+    from .recipes import _flops
+    from .train import fit_diffusion
+
+    row = budget_table(budget)
+    judge = Judge(pretrained.classifier(budget).model, row.kid_subset, row.bootstrap)
+    device = get_device()
+    x, y = load_mnist("train")
+    result = {}
+    for space in ("pixel", "kl_f2", "kl_f4", "kl_f8"):
+        recipe = tradeoff_recipe(budget, space)
+        first_stage = (PixelSpace() if recipe.autoencoder is None else
+                       pretrained.autoencoder(recipe=recipe.autoencoder).model).to(device)
+        f = 1 if recipe.autoencoder is None else recipe.autoencoder.config.f
+        points = TRADEOFF_POINTS["pixel" if space == "pixel" else "latent"]
+        model = pretrained.build_denoiser(recipe).to(device)
+        history = fit_diffusion(model, first_stage, x, y, recipe, desc=f"trade-off: {space}",
+                                monitor=_quality_monitor(first_stage, recipe, judge, row.sweep_samples),
+                                monitor_every={max(1, round(share * recipe.steps)) for share in points})
+        result[space] = {"f": f, "steps": recipe.steps, "seconds": history["seconds"],
+                         "flops_per_example": _flops(recipe, 32 // f), "curve": history["monitor"]}
+        last = history["monitor"][-1]
+        print(f"{space}: {recipe.steps} steps in {history['seconds']:.0f} s, FID {last['fid']:.1f} "
+              f"+- {last['fid_se']:.1f}", flush=True)
         save(result)
     return result
 
@@ -343,12 +411,16 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-chapters", action="store_true", help="measure the cached models only")
     parser.add_argument("--keep", type=Path, help="write the executed chapters to this folder")
     parser.add_argument("--study", action="store_true", help="run the study of quality per CPU-second instead")
+    parser.add_argument("--tradeoff", action="store_true",
+                        help="run the compression trade-off instead (pixels and f = 2, 4, 8 along training)")
     parser.add_argument("--runs", nargs="*", choices=list(STUDY),
                         help="with --study: only these runs (none: the throughput only), kept beside the still valid "
                              "runs of an earlier --out")
     args = parser.parse_args(argv)
-    if args.study and (args.skip_chapters or args.keep):
-        parser.error("--skip-chapters and --keep are for the chapters' run, not --study")
+    if (args.study or args.tradeoff) and (args.skip_chapters or args.keep):
+        parser.error("--skip-chapters and --keep are for the chapters' run, not --study or --tradeoff")
+    if args.study and args.tradeoff:
+        parser.error("--study and --tradeoff are two runs: give one")
     if args.out.exists() and not args.out.is_file():
         parser.error(f"--out {args.out} exists and is not a file; give the path of a JSON file")
     try:  # before an hour of measuring, not after it
@@ -373,6 +445,12 @@ def main(argv=None) -> None:
         save(result)
         result["study"] = {**earlier, **study(args.budget, args.runs,
                                               lambda runs: save({**result, "study": {**earlier, **runs}}))}
+    elif args.tradeoff:
+        row = budget_table(args.budget)
+        judge = Judge(pretrained.classifier(args.budget).model, row.kid_subset, row.bootstrap)
+        result["samples"] = row.sweep_samples
+        result["fid_floor"], result["fid_floor_se"] = judge.floor(row.sweep_samples)
+        result["tradeoff"] = tradeoff(args.budget, lambda runs: save({**result, "tradeoff": runs}))
     else:
         # with an empty cache the chapter times include training every model; with a warm one, only loading them
         result["cache_was_empty"] = not any(cache_dir().glob("*.pt"))

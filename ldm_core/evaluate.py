@@ -108,6 +108,33 @@ def measure_samples(ldm: LatentDiffusion, judge: Judge, n: int, **sample_kwargs)
     return result
 
 
+def fid_gap(a: dict, b: dict) -> float:
+    """How many combined standard errors b's FID lies above a's: (b.fid - a.fid) / sqrt(a.fid_se^2 + b.fid_se^2),
+    for two measurements with ``fid`` and ``fid_se`` (:func:`measure_samples`'s, a monitor point's). Positive: b is
+    worse. Two FIDs of the same N differ by more than their noise when this is beyond about 2 in size."""
+    return (b["fid"] - a["fid"]) / (a["fid_se"] ** 2 + b["fid_se"] ** 2) ** 0.5
+
+
+def seconds_to_reach(curve: list[dict], fid: float) -> tuple[float, bool]:
+    """When a training curve (:func:`ldm_core.train.train`'s monitor points: dicts with ``seconds`` and ``fid``)
+    first reaches a FID: the training seconds, interpolated linearly between the two measured points around the
+    crossing, and whether that is a measurement (False: the first point was already at or below ``fid``, so the
+    seconds are an upper bound, the first point's).
+
+    Raises:
+        ValueError: if no point of the curve reaches ``fid``.
+    """
+    previous = None
+    for point in curve:
+        if point["fid"] <= fid:
+            if previous is None:
+                return point["seconds"], False
+            share = (previous["fid"] - fid) / (previous["fid"] - point["fid"])
+            return previous["seconds"] + share * (point["seconds"] - previous["seconds"]), True
+        previous = point
+    raise ValueError(f"the curve never reaches FID {fid:.1f} (its lowest is {min(p['fid'] for p in curve):.1f})")
+
+
 def measure_captions(ldm: LatentDiffusion, judge: Judge, pairs: str, n: int, guidance_scale: float,
                      seed: int = 0, steps: int = 50) -> dict:
     """Chapter 5's measurement: n captions of ``pairs`` (``"seen"`` or ``"held_out"``), each pair in a random

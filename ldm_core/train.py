@@ -7,7 +7,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 import torch.nn as nn
@@ -186,7 +186,7 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
           warmup_steps: int = 0, lr_decay: str = "constant", generator: torch.Generator | None = None,
           discriminator: nn.Module | None = None, discriminator_lr: float | None = None,
           checkpoint: Checkpoint | str | Path | None = None, checkpoint_every: int = 250,
-          monitor: Callable[[nn.Module], dict] | None = None, monitor_every: int = 0) -> dict:
+          monitor: Callable[[nn.Module], dict] | None = None, monitor_every: int | Collection[int] = 0) -> dict:
     """The one training loop: AdamW, gradient clipping, optional EMA and discriminator, a progress bar, a loss
     history, and checkpoints to resume from.
 
@@ -217,8 +217,9 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
             :func:`ema_decay_at`'s warm-up unless ``ema_warmup`` is False) and copy it into ``model`` at the end:
             the returned model is the average.
         generator: the random generator ``loss_fn`` uses, saved and restored with checkpoints.
-        monitor: if set, called every ``monitor_every`` (>= 1) steps and after the last with the model that would
-            be returned at that point (the EMA if there is one), in eval mode and without gradients; it returns a
+        monitor: if set, called every ``monitor_every`` (>= 1) steps, or after each number of steps in
+            ``monitor_every`` if it is a collection, and after the last, with the model that would be returned at
+            that point (the EMA if there is one), in eval mode and without gradients; it returns a
             dict of numbers, recorded with the step and the training seconds so far (its own time excluded), and
             kept in checkpoints like the loss history.
 
@@ -227,7 +228,8 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
         monitor=[dict(step, seconds, **numbers)] if ``monitor`` is set).
 
     Raises:
-        ValueError: for steps, lr, checkpoint_every or monitor_every that are not positive numbers of their kind.
+        TypeError, ValueError: for steps, lr, checkpoint_every or monitor_every that are not positive numbers of
+            their kind (integers where they count steps).
         FloatingPointError: if a loss is not finite.
     """
     check_int("steps", steps, 1)
@@ -237,7 +239,10 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
     d_optimizer = (torch.optim.AdamW(discriminator.parameters(), lr=discriminator_lr or lr, weight_decay=0.0)
                    if discriminator is not None else None)
     lr_factor(0, steps, warmup_steps, lr_decay)  # validates the schedule before any work
-    if monitor is not None:
+    monitor_at = None  # the step counts to monitor after, when given as a collection
+    if monitor is not None and isinstance(monitor_every, Collection):
+        monitor_at = {check_int("each of monitor_every", n, 1, steps) for n in monitor_every} | {steps}
+    elif monitor is not None:
         check_int("monitor_every (with a monitor)", monitor_every, 1)
     ema = make_ema(model, ema_decay, ema_warmup) if ema_decay is not None else None
     losses: list[float] = []
@@ -311,7 +316,8 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
             losses.append(loss.item())
             if step % 50 == 0 or step == steps - 1:
                 bar.set_postfix(loss=f"{losses[-1]:.4g}", **{k: f"{v:.3g}" for k, v in (logs or {}).items()})
-            if monitor is not None and ((step + 1) % monitor_every == 0 or step + 1 == steps):
+            if monitor is not None and (step + 1 in monitor_at if monitor_at is not None else
+                                        (step + 1) % monitor_every == 0 or step + 1 == steps):
                 watch(step + 1)
             if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
                 save()

@@ -56,3 +56,24 @@ def test_the_study_measures_each_run_along_its_training(tmp_path):
     assert set(bench._earlier_runs(path, "smoke", ["v_min_snr_5"])) == {"chosen"}
     assert set(bench._earlier_runs(path, "smoke", [])) == {"chosen"}, "no runs: the throughput only"
     assert bench._earlier_runs(path, "book", ["v_min_snr_5"]) == {}
+
+
+def test_the_tradeoff_measures_every_space_along_equal_compute(monkeypatch):
+    from ldm_core import bench
+
+    if os.environ.get("LDM_SMOKE_CACHE"):
+        shutil.copytree(os.environ["LDM_SMOKE_CACHE"], os.environ["LDM_CACHE"], dirs_exist_ok=True)
+    monkeypatch.setattr(bench, "TRADEOFF_POINTS", {"latent": (1 / 2, 1), "pixel": (1,)})  # fewer points: faster
+    saved = []
+    runs = bench.tradeoff("smoke", saved.append)
+    assert list(runs) == ["pixel", "kl_f2", "kl_f4", "kl_f8"] and len(saved) == 4
+    assert [run["f"] for run in runs.values()] == [1, 2, 4, 8]
+    for space, run in runs.items():
+        steps = [point["step"] for point in run["curve"]]
+        assert steps == ([run["steps"]] if space == "pixel" else [round(run["steps"] / 2), run["steps"]])
+        assert all(point["fid"] > 0 and point["fid_se"] >= 0 for point in run["curve"])
+    compute = {space: run["steps"] * run["flops_per_example"] for space, run in runs.items()}
+    for space in ("kl_f2", "kl_f8"):  # equal training FLOPs, up to the rounding of a step
+        assert abs(compute[space] / compute["kl_f4"] - 1) <= runs[space]["flops_per_example"] / compute["kl_f4"] + 1e-9
+    assert abs(compute["pixel"] / compute["kl_f4"] - bench.TRADEOFF_PIXEL_COMPUTE) < 0.5, "pixels get 3x the compute"
+

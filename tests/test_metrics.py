@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from ldm_core.evaluate import fid_gap, seconds_to_reach
 from ldm_core.metrics import (DigitClassifier, accuracy, fid, fid_bootstrap_se, frechet_distance, kid, psnr, random_shift,
                               reconstruction_scores, ssim)
 
@@ -122,3 +123,17 @@ def test_reconstruction_scores_of_perfect_and_of_noisy_reconstructions():
     assert noisy["psnr"] < 30 and noisy["ssim"] < 1 and noisy["rfid"] > perfect["rfid"]
     with pytest.raises(ValueError, match="same shape"):
         reconstruction_scores(x[:8], x, judge)
+
+
+def test_seconds_to_reach_interpolates_or_bounds():
+    curve = [{"seconds": 10.0, "fid": 300.0}, {"seconds": 20.0, "fid": 100.0}, {"seconds": 40.0, "fid": 50.0}]
+    assert seconds_to_reach(curve, 200.0) == (15.0, True)  # half-way between the first two points
+    assert seconds_to_reach(curve, 50.0) == (40.0, True)
+    assert seconds_to_reach(curve, 400.0) == (10.0, False), "already there at the first point: an upper bound"
+    with pytest.raises(ValueError, match="never reaches FID 10.0"):
+        seconds_to_reach(curve, 10.0)
+
+
+def test_fid_gap_is_the_difference_in_combined_standard_errors():
+    a, b = {"fid": 100.0, "fid_se": 3.0}, {"fid": 110.0, "fid_se": 4.0}
+    assert fid_gap(a, b) == 2.0 and fid_gap(b, a) == -2.0  # 10 / sqrt(9 + 16)
