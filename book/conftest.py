@@ -44,8 +44,10 @@ def pytest_sessionfinish(session):
         if keep:
             os.makedirs(keep, exist_ok=True)
             for name in os.listdir(folder):
-                if name.endswith(".pt") and not name.endswith(".partial.pt"):
-                    shutil.copy2(os.path.join(folder, name), os.path.join(keep, name))
+                if name.endswith(".pt") and not name.endswith(".partial.pt"):  # two workers may copy one model:
+                    tmp = os.path.join(keep, f".{name}.{os.getpid()}.tmp")  # each copy lands whole (atomic rename)
+                    shutil.copy2(os.path.join(folder, name), tmp)
+                    os.replace(tmp, os.path.join(keep, name))
         shutil.rmtree(folder, ignore_errors=True)
     executed = os.environ.get("LDM_SMOKE_EXECUTED")
     if executed and session.testsfailed == 0:

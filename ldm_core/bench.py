@@ -186,9 +186,10 @@ def measure(budget: str, result: dict, save: Callable[[dict], None] = lambda res
              ("ldm", lambda: {**measure_unconditional(row, judge), **measure_conditional(row, judge),
                               "samples": row.samples, "sweep_samples": row.sweep_samples}),
              ("text2img", lambda: measure_text(row, judge))]
+    save(result)
     for key, measure_part in parts:
-        save(result)
         result[key] = measure_part()
+        save(result)
     return result
 
 
@@ -308,14 +309,14 @@ def tradeoff_recipe(budget: str, space: str) -> DiffusionRecipe:
                                warmup_steps=min(budget_table(budget).warmup_steps, steps // 10))
 
 
-def tradeoff(budget: str, save: Callable[[dict], None] = lambda runs: None) -> dict:
+def tradeoff(budget: str, save: Callable[[dict], None] = lambda runs: None, judge: Judge | None = None) -> dict:
     """Quality against training seconds for the unconditional model in every space: FID of ``sweep_samples``
     samples (DDIM 50) at the fractions :data:`TRADEOFF_POINTS` of each run (checkpoints along one run, from scratch,
     not cached), with the judge of every chapter.
 
     Returns:
         {space: dict(f, steps, seconds, flops_per_example, curve=[dict(step, seconds, fid, fid_se)])} for the spaces
-        pixel, kl_f2, kl_f4, kl_f8, also passed to ``save`` after each run.
+        pixel, kl_f2, kl_f4, kl_f8, also passed to ``save`` after each run. ``judge`` defaults to the budget's.
     """
     from .autoencoder import PixelSpace
     from .data import load_mnist
@@ -323,7 +324,7 @@ def tradeoff(budget: str, save: Callable[[dict], None] = lambda runs: None) -> d
     from .train import fit_diffusion
 
     row = budget_table(budget)
-    judge = Judge(pretrained.classifier(budget).model, row.kid_subset, row.bootstrap)
+    judge = judge or Judge(pretrained.classifier(budget).model, row.kid_subset, row.bootstrap)
     device = get_device()
     x, y = load_mnist("train")
     result = {}
@@ -450,10 +451,11 @@ def main(argv=None) -> None:
         judge = Judge(pretrained.classifier(args.budget).model, row.kid_subset, row.bootstrap)
         result["samples"] = row.sweep_samples
         result["fid_floor"], result["fid_floor_se"] = judge.floor(row.sweep_samples)
-        result["tradeoff"] = tradeoff(args.budget, lambda runs: save({**result, "tradeoff": runs}))
+        result["tradeoff"] = tradeoff(args.budget, lambda runs: save({**result, "tradeoff": runs}), judge)
     else:
         # with an empty cache the chapter times include training every model; with a warm one, only loading them
-        result["cache_was_empty"] = not any(cache_dir().glob("*.pt"))
+        result["cache_was_empty"] = not any(p for p in cache_dir().glob("*.pt") if ".partial" not in p.name
+                                            and ".set-aside-" not in p.name)
         result["chapter_seconds"], errors = ({}, {}) if args.skip_chapters else run_chapters(
             args.budget, args.keep, lambda seconds, errors: save({**result, "chapter_seconds": seconds,
                                                                   "chapter_errors": errors}))

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -85,7 +86,7 @@ def check_writable(folder: Path, what: str = "the artifact cache (LDM_CACHE)") -
 
     Raises:
         OSError: naming the folder and ``what`` it is for, if it is not a folder this process can write (a file,
-            no permission, a full disk).
+            no permission, a read-only file system).
     """
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -95,7 +96,9 @@ def check_writable(folder: Path, what: str = "the artifact cache (LDM_CACHE)") -
         raise OSError(f"{what} {folder} must be a folder this process can write: {error}") from error
 
 
-_TEMPORARY = re.compile(r"^(?P<target>.+)\.pid(?P<pid>\d+)\.[^.]+\.tmp$")  # save_atomic's temporary files
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+# save_atomic's temporary files: <target>.<host>.pid<PID>.<random>.tmp
+_TEMPORARY = re.compile(r"^(?P<target>.+)\.(?P<host>[A-Za-z0-9-]+)\.pid(?P<pid>\d+)\.[^.]+\.tmp$")
 
 
 def _alive(pid: int) -> bool:
@@ -110,11 +113,13 @@ def _alive(pid: int) -> bool:
 
 def remove_orphans(folder: Path) -> list[Path]:
     """Remove the temporary files that :func:`save_atomic` left in ``folder`` when its process was killed
-    mid-write (their names carry the writer's process id: files of a live writer are kept). Returns them."""
+    mid-write. Their names carry the writer's host and process id: only files of this host whose writer is no longer
+    running are removed (a cache shared between machines keeps the others; on Windows, where probing a process id
+    is not harmless, none are removed). Returns them."""
     removed = []
-    for path in folder.glob("*.tmp") if folder.is_dir() else ():
+    for path in folder.glob("*.tmp") if folder.is_dir() and os.name != "nt" else ():
         match = _TEMPORARY.match(path.name)
-        if match and not _alive(int(match["pid"])):
+        if match and match["host"] == _HOST and not _alive(int(match["pid"])):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
@@ -134,7 +139,7 @@ def write_text_atomic(text: str, path: str | Path) -> None:
 def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(path.parent)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.pid{os.getpid()}.", suffix=".tmp")
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{_HOST}.pid{os.getpid()}.", suffix=".tmp")
     os.close(handle)
     try:
         write(tmp)
@@ -145,7 +150,7 @@ def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
 
 
 def set_aside(path: Path, why: str) -> Path:
-    """Rename a file that must not be used to ``<stem>.set-aside-N<suffix>`` (nothing is deleted) and warn,
+    """Rename a ``.pt`` file that must not be used to ``<name>.set-aside-N.pt`` (nothing is deleted) and warn,
     naming both paths and why. Returns the new path."""
     n = 1
     while (aside := path.with_name(f"{path.name.removesuffix('.pt')}.set-aside-{n}.pt")).exists():
@@ -177,20 +182,24 @@ def load_or_train(kind: str, recipe, build: Callable[[], nn.Module],
     device = device or get_device()
     path, description = cache_path(kind, recipe), made_by(kind, recipe)
     model = build().to(device)
+    checkpoint = Checkpoint(path.with_name(f"{path.name.removesuffix('.pt')}.partial.pt"), description)
     if path.exists():
+        payload, problem = None, None
         try:
             payload = torch.load(path, map_location=device, weights_only=True)
-            if payload.get("made_by") != description:
-                set_aside(path, "this file was made by another recipe or version, not by the one asked for")
+            if not isinstance(payload, dict) or payload.get("made_by") != description:
+                problem = "this file was made by another recipe or version, not by the one asked for"
             else:
                 model.load_state_dict(payload["state_dict"])
+                checkpoint.path.unlink(missing_ok=True)  # a finished run's, if its removal was interrupted
                 return Artifact(model.eval(), recipe, payload["history"], from_cache=True)
         except Exception as error:  # a truncated or corrupt file: retrain rather than trust it
-            set_aside(path, f"cannot be loaded ({type(error).__name__}: {str(error)[:200]})")
-            model = build().to(device)
+            problem = f"cannot be loaded ({type(error).__name__}: {str(error)[:200]})"
+        check_writable(path.parent)  # before renaming anything in it
+        set_aside(path, problem)
+        model = build().to(device)  # load_state_dict may have failed half-way
     check_writable(path.parent)
     remove_orphans(path.parent)
-    checkpoint = Checkpoint(path.with_name(f"{path.name.removesuffix('.pt')}.partial.pt"), description)
     history = fit(model, checkpoint)
     save_atomic({"state_dict": model.state_dict(), "history": history, "made_by": description}, path)
     checkpoint.path.unlink(missing_ok=True)  # only now: until the cache file exists, the finished run is there

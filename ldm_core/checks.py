@@ -1,8 +1,8 @@
 """Checks of what the public entry points are given, each with an error that names what was expected.
 
-Every public function checks its arguments once, at its entry, with these: a wrong argument fails at once with a
-message that says which argument, what it must be and what it was, never deep inside torch and never as a silent
-wrong result (a NaN guidance scale, a step count of 2.5, images in [0, 255] where [-1, 1] is meant).
+The public entry points check their arguments with these, where they enter: a wrong argument fails at once with
+a message that says which argument, what it must be and what it was, never deep inside torch and never as a
+silent wrong result (a NaN guidance scale, a step count of 2.5, images in [0, 255] where [-1, 1] is meant).
 """
 
 from __future__ import annotations

@@ -164,9 +164,10 @@ def make_ema(model: nn.Module, decay: float, warmup: bool = True) -> AveragedMod
     return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
-def _read_checkpoint(checkpoint: Checkpoint, run: str, device: torch.device) -> dict | None:
-    """The state saved at ``checkpoint`` if it is there, readable and made by ``run``; else None, and a file that is
-    there but unreadable or foreign is set aside (renamed, with a warning): it is neither resumed nor lost."""
+def _read_checkpoint(checkpoint: Checkpoint, run: str, device: torch.device, keys: set[str]) -> dict | None:
+    """The state saved at ``checkpoint`` if it is there, readable, made by ``run`` and holding ``keys``; else None,
+    and a file that is there but unreadable or foreign is set aside (renamed, with a warning): it is neither resumed
+    nor lost."""
     if not checkpoint.path.exists():
         return None
     try:
@@ -174,7 +175,7 @@ def _read_checkpoint(checkpoint: Checkpoint, run: str, device: torch.device) -> 
     except Exception as error:  # truncated or corrupt: start over rather than fail every call
         set_aside(checkpoint.path, f"cannot be loaded ({type(error).__name__}: {str(error)[:200]})")
         return None
-    if not isinstance(state, dict) or state.get("run") != run:
+    if not isinstance(state, dict) or state.get("run") != run or not keys <= set(state):
         set_aside(checkpoint.path, "this checkpoint was made by another run (recipe, steps, optimiser or "
                                    "architecture), not by this one")
         return None
@@ -232,9 +233,9 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
             their kind (integers where they count steps).
         FloatingPointError: if a loss is not finite.
     """
-    check_int("steps", steps, 1)
-    check_int("checkpoint_every", checkpoint_every, 1)
-    check_finite("lr", lr, low=0.0, open_low=True)
+    steps = check_int("steps", steps, 1)
+    checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
+    lr = check_finite("lr", lr, low=0.0, open_low=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     d_optimizer = (torch.optim.AdamW(discriminator.parameters(), lr=discriminator_lr or lr, weight_decay=0.0)
                    if discriminator is not None else None)
@@ -254,8 +255,12 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
                       "warmup_steps": warmup_steps, "lr_decay": lr_decay, "grad_clip": grad_clip,
                       "ema_decay": ema_decay, "ema_warmup": ema_warmup, "discriminator_lr": discriminator_lr,
                       "parameters": [[name, list(p.shape)] for name, p in model.state_dict().items()],
-                      "discriminator": discriminator is not None}, sort_keys=True)
-    state = _read_checkpoint(checkpoint, run, next(model.parameters()).device) if checkpoint is not None else None
+                      "discriminator": discriminator is not None, "generator": generator is not None},
+                     sort_keys=True)
+    parts = ((d_optimizer, "d_optimizer"), (discriminator, "discriminator"), (ema, "ema"), (generator, "generator"))
+    keys = {"model", "optimizer", "loss", "seconds", "monitor"} | {key for part, key in parts if part is not None}
+    state = (_read_checkpoint(checkpoint, run, next(model.parameters()).device, keys)
+             if checkpoint is not None else None)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -263,7 +268,7 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
             if part is not None:
                 part.load_state_dict(state[key])
         if generator is not None:
-            generator.set_state(state["generator"])
+            generator.set_state(state["generator"].cpu())  # a generator's state is a CPU byte tensor on any device
         losses = list(state["loss"])
         seconds_before = float(state["seconds"])
         monitored = [dict(point) for point in state["monitor"]]
@@ -338,7 +343,8 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
 def fit_diffusion(model: nn.Module, first_stage: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe, *, desc: str,
                   checkpoint: Checkpoint | str | Path | None = None,
                   to_condition: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-                  monitor: Callable[[nn.Module], dict] | None = None, monitor_every: int = 0) -> dict:
+                  monitor: Callable[[nn.Module], dict] | None = None,
+                  monitor_every: int | Collection[int] = 0) -> dict:
     """Train a denoiser on the latents of a frozen first stage: the one training path of every diffusion model.
 
     The images are encoded once, keeping the posterior's mean and std; every step then draws fresh latents

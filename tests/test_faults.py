@@ -313,3 +313,13 @@ def test_the_benchmark_checks_out_before_measuring_and_keeps_partial_results(tmp
         bench.main(["--budget", "smoke", "--out", str(out), "--skip-chapters"])
     partial = json.loads(bench.partial_path(out).read_text())
     assert partial["partial"] and partial["autoencoder"] == {"kl_f4": {"psnr": 1.0}} and not out.exists()
+
+
+def test_a_checkpoint_without_the_random_state_this_run_needs_is_not_resumed(tmp_path):
+    checkpoint = tmp_path / "run.partial.pt"
+    model = torch.nn.Linear(1, 1)
+    x = torch.linspace(-1, 1, 8)[:, None]
+    train(model, lambda step: ((model(x) - x) ** 2).mean(), steps=4, lr=0.1, desc="a", checkpoint=checkpoint)
+    with pytest.warns(UserWarning, match="made by another run"):  # saved without a generator; this run has one
+        train(model, lambda step: ((model(x) - x) ** 2).mean(), steps=4, lr=0.1, desc="b", checkpoint=checkpoint,
+              generator=torch.Generator().manual_seed(0))
