@@ -323,3 +323,11 @@ def test_a_checkpoint_without_the_random_state_this_run_needs_is_not_resumed(tmp
     with pytest.warns(UserWarning, match="made by another run"):  # saved without a generator; this run has one
         train(model, lambda step: ((model(x) - x) ** 2).mean(), steps=4, lr=0.1, desc="b", checkpoint=checkpoint,
               generator=torch.Generator().manual_seed(0))
+
+
+def test_a_checkpoint_of_another_recipe_with_the_same_settings_is_not_resumed(tmp_path):
+    path = tmp_path / "ldm.partial.pt"
+    toy(cache.Checkpoint(path, made_by="recipe A"))  # the same architecture, steps and optimiser: only the recipe differs
+    with pytest.warns(UserWarning, match="made by another run"):
+        toy(cache.Checkpoint(path, made_by="recipe B"), calls=(calls := []))
+    assert calls[0] == 0
