@@ -160,6 +160,29 @@ def set_aside(path: Path, why: str) -> Path:
     return aside
 
 
+def load_checked(path: Path, device: torch.device | str, accept: Callable[[object], bool], foreign: str):
+    """The payload at ``path`` (``torch.load(..., weights_only=True)``) if the file is there, loads and
+    ``accept(payload)`` is true; else None. A file that cannot be loaded (or whose ``accept`` raises) or that
+    ``accept`` refuses (the reason: ``foreign``) is set aside (:func:`set_aside`, after :func:`check_writable`):
+    neither trusted nor lost.
+
+    Raises:
+        OSError: if such a file has to be set aside in a folder that cannot be written.
+    """
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+        if accept(payload):
+            return payload
+        problem = foreign
+    except Exception as error:  # a truncated or corrupt file: start afresh rather than fail every call
+        problem = f"cannot be loaded ({type(error).__name__}: {str(error)[:200]})"
+    check_writable(path.parent)  # before renaming anything in it
+    set_aside(path, problem)
+    return None
+
+
 def load_or_train(kind: str, recipe, build: Callable[[], nn.Module],
                   fit: Callable[[nn.Module, Checkpoint], dict], device: torch.device | None = None) -> Artifact:
     """Load the artifact (kind, recipe) from the cache, or build it, ``fit`` it and cache it.
@@ -183,23 +206,22 @@ def load_or_train(kind: str, recipe, build: Callable[[], nn.Module],
     path, description = cache_path(kind, recipe), made_by(kind, recipe)
     model = build().to(device)
     checkpoint = Checkpoint(path.with_name(f"{path.name.removesuffix('.pt')}.partial.pt"), description)
-    if path.exists():
-        payload, problem = None, None
-        try:
-            payload = torch.load(path, map_location=device, weights_only=True)
-            if not isinstance(payload, dict) or payload.get("made_by") != description:
-                problem = "this file was made by another recipe or version, not by the one asked for"
-            else:
-                model.load_state_dict(payload["state_dict"])
-                checkpoint.path.unlink(missing_ok=True)  # a finished run's, if its removal was interrupted
-                return Artifact(model.eval(), recipe, payload["history"], from_cache=True)
-        except Exception as error:  # a truncated or corrupt file: retrain rather than trust it
-            problem = f"cannot be loaded ({type(error).__name__}: {str(error)[:200]})"
-        check_writable(path.parent)  # before renaming anything in it
-        set_aside(path, problem)
-        model = build().to(device)  # load_state_dict may have failed half-way
+
+    def accept(payload) -> bool:  # made by this recipe and version, and its weights fit the model
+        if not isinstance(payload, dict) or payload.get("made_by") != description:
+            return False
+        model.load_state_dict(payload["state_dict"])
+        return True
+
+    existed = path.exists()
+    payload = load_checked(path, device, accept, "this file was made by another recipe or version, not by the one "
+                                                 "asked for")
+    if payload is not None:
+        checkpoint.path.unlink(missing_ok=True)  # a finished run's, if its removal was interrupted
+        return Artifact(model.eval(), recipe, payload["history"], from_cache=True)
+    if existed:  # set aside: its load_state_dict may have failed half-way
+        model = build().to(device)
     check_writable(path.parent)
-    remove_orphans(path.parent)
     history = fit(model, checkpoint)
     save_atomic({"state_dict": model.state_dict(), "history": history, "made_by": description}, path)
     checkpoint.path.unlink(missing_ok=True)  # only now: until the cache file exists, the finished run is there

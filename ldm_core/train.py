@@ -15,7 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from .cache import Checkpoint, save_atomic, set_aside
+from .cache import Checkpoint, load_checked, save_atomic
 from .checks import check_finite, check_int
 from .conditioning import condition_dropout
 from .schedules import q_sample, randn_like, rng_device, v_from_eps_x0
@@ -164,24 +164,6 @@ def make_ema(model: nn.Module, decay: float, warmup: bool = True) -> AveragedMod
     return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
-def _read_checkpoint(checkpoint: Checkpoint, run: str, device: torch.device, keys: set[str]) -> dict | None:
-    """The state saved at ``checkpoint`` if it is there, readable, made by ``run`` and holding ``keys``; else None,
-    and a file that is there but unreadable or foreign is set aside (renamed, with a warning): it is neither resumed
-    nor lost."""
-    if not checkpoint.path.exists():
-        return None
-    try:
-        state = torch.load(checkpoint.path, map_location=device, weights_only=True)
-    except Exception as error:  # truncated or corrupt: start over rather than fail every call
-        set_aside(checkpoint.path, f"cannot be loaded ({type(error).__name__}: {str(error)[:200]})")
-        return None
-    if not isinstance(state, dict) or state.get("run") != run or not keys <= set(state):
-        set_aside(checkpoint.path, "this checkpoint was made by another run (recipe, steps, optimiser or "
-                                   "architecture), not by this one")
-        return None
-    return state
-
-
 def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: str,
           grad_clip: float | None = 1.0, ema_decay: float | None = None, ema_warmup: bool = True,
           warmup_steps: int = 0, lr_decay: str = "constant", generator: torch.Generator | None = None,
@@ -259,8 +241,10 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
                      sort_keys=True)
     parts = ((d_optimizer, "d_optimizer"), (discriminator, "discriminator"), (ema, "ema"), (generator, "generator"))
     keys = {"model", "optimizer", "loss", "seconds", "monitor"} | {key for part, key in parts if part is not None}
-    state = (_read_checkpoint(checkpoint, run, next(model.parameters()).device, keys)
-             if checkpoint is not None else None)
+    state = None if checkpoint is None else load_checked(
+        checkpoint.path, next(model.parameters()).device,
+        lambda state: isinstance(state, dict) and state.get("run") == run and keys <= set(state),
+        "this checkpoint was made by another run (recipe, steps, optimiser or architecture), not by this one")
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
