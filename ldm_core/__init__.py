@@ -24,4 +24,4 @@ One concept a module (the book's architecture; each module names the chapter tha
 - :mod:`ldm_core.bench`: the benchmark, ``python -m ldm_core.bench``.
 """
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"

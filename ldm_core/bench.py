@@ -222,10 +222,10 @@ STUDY = {
 
 def study_recipe(budget: str, change: dict) -> DiffusionRecipe:
     """The class-conditional recipe with one change of :data:`STUDY` (``width``: the UNet's first width and the
-    label token's), for the budget table's ``study_steps`` at the book's batch size: a run with another batch
-    size takes as many steps as see the same number of examples."""
+    label token's), trained from scratch for the budget table's ``study_steps`` at the book's batch size: a run
+    with another batch size takes as many steps as see the same number of examples."""
     row = budget_table(budget)
-    base = dataclasses.replace(diffusion_recipe(budget, conditional=True), steps=row.study_steps)
+    base = dataclasses.replace(diffusion_recipe(budget, conditional=True), steps=row.study_steps, warm_start=None)
     change = dict(change)
     if "width" in change:
         width = change.pop("width")

@@ -32,10 +32,10 @@ class LatentDiffusion:
         if self.prediction not in ("eps", "v"):
             raise ValueError(f"prediction must be 'eps' or 'v', got {self.prediction!r}")
 
-    def eps(self, z_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        """The denoiser's noise prediction eps_theta(z_t, t, cond), converted from v for a v-prediction model
-        (eps = sqrt(1 - alpha_bar_t) z_t + sqrt(alpha_bar_t) v). Shape of z_t."""
-        out = self.denoiser(z_t, t, cond)
+    def eps(self, z_t: torch.Tensor, t: torch.Tensor, cond=None, concat: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoiser's noise prediction eps_theta(z_t, t, cond, concat), converted from v for a v-prediction
+        model (eps = sqrt(1 - alpha_bar_t) z_t + sqrt(alpha_bar_t) v). Shape of z_t."""
+        out = self.denoiser(z_t, t, cond) if concat is None else self.denoiser(z_t, t, cond, concat)
         return out if self.prediction == "eps" else eps_from_v(z_t, t, out, self.alpha_bar)
 
     @property
@@ -72,7 +72,7 @@ class LatentDiffusion:
     def sample(self, labels: torch.Tensor | None = None, n: int | None = None, *, sampler: str = "ddim",
                steps: int = 50, eta: float = 0.0, guidance_scale: float = 1.0,
                generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-               callback=None) -> torch.Tensor:
+               concat: torch.Tensor | None = None, callback=None) -> torch.Tensor:
         """Draw images: noise z_T -> sampler -> z_0 -> decoder.
 
         Args:
@@ -85,6 +85,8 @@ class LatentDiffusion:
             guidance_scale: classifier-free guidance s; 1 is plain conditional sampling.
             generator: source of all randomness (a CPU generator gives the same samples on any device).
             noise: the starting latents z_T (B, c, h, w); drawn from ``generator`` when None.
+            concat: the spatial condition of a UNet with ``concat_channels`` (B, concat_channels, h, w), at the
+                latent's resolution; it is the same in guidance's conditional and unconditional predictions.
             callback: passed to the sampler.
 
         Returns:
@@ -120,10 +122,13 @@ class LatentDiffusion:
             raise ValueError(f"noise must be (B, c, h, w) = {(batch, *self.latent_shape)}, got {tuple(noise.shape)}")
         noise = noise.to(self.device)
         model, cond = self.eps, None
+        if concat is not None:  # guidance stacks [z_t; z_t]: the spatial condition repeats with it
+            concat = concat.to(self.device)
+            model = lambda z_t, t, c: self.eps(z_t, t, c, concat.repeat(len(z_t) // len(concat), 1, 1, 1))
         if conditional:
             cond = labels.to(self.device)
             if guidance_scale != 1.0:
-                model = classifier_free_guidance(self.eps, guidance_scale,
+                model = classifier_free_guidance(model, guidance_scale,
                                                  lambda B: self.denoiser.conditioner.null(B, self.device))
         timesteps = make_timesteps(self.T, steps)
         if sampler == "ddpm":

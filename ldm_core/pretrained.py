@@ -120,7 +120,8 @@ def latent_diffusion(budget: str | None = None, conditional: bool = False,
 
     Args:
         budget: smoke | book | full; default :func:`~ldm_core.budget.get_budget`.
-        conditional: class-conditional (cross-attention to a label token, 10% condition dropout).
+        conditional: class-conditional (cross-attention to a label token, 10% condition dropout), started from the
+            unconditional model (trained first if it is not cached; :func:`warm_start`).
         space: ``"kl_f4"`` (the book's), ``"pixel"`` or another KL autoencoder; see
             :func:`~ldm_core.recipes.diffusion_recipe`.
 
@@ -130,17 +131,23 @@ def latent_diffusion(budget: str | None = None, conditional: bool = False,
     Raises:
         ValueError: for an unknown budget or space.
     """
-    recipe = diffusion_recipe(budget, conditional, space)
+    return _latent_diffusion(diffusion_recipe(budget, conditional, space))
+
+
+def _latent_diffusion(recipe: DiffusionRecipe) -> tuple[LatentDiffusion, Artifact]:
+    """The model a diffusion recipe describes, from the cache or trained now (after its warm start's model)."""
     device = get_device()
     first_stage = PixelSpace() if recipe.autoencoder is None else autoencoder(recipe=recipe.autoencoder).model
     first_stage = first_stage.to(device)
 
     def fit(model: Denoiser, checkpoint: Checkpoint) -> dict:
+        if recipe.warm_start is not None:  # (a resumed run then loads its checkpoint over these weights)
+            warm_start(model.unet, _latent_diffusion(recipe.warm_start)[0].denoiser.unet)
         x, y = load_mnist("train")
         return fit_diffusion(model, first_stage, x, y, recipe, desc="latent diffusion", checkpoint=checkpoint)
 
-    artifact = load_or_train("conditional-ldm" if conditional else "ldm", recipe, lambda: build_denoiser(recipe),
-                             fit, device)
+    artifact = load_or_train("conditional-ldm" if recipe.conditional else "ldm", recipe,
+                             lambda: build_denoiser(recipe), fit, device)
     return LatentDiffusion(first_stage, artifact.model, recipe.alpha_bar().to(device),
                            prediction=recipe.prediction), artifact
 
@@ -199,8 +206,7 @@ def text_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact
 
     def fit(model: Denoiser, checkpoint: Checkpoint) -> dict:
         if recipe.warm_start is not None:  # (a resumed run then loads its checkpoint over these weights)
-            source, _ = latent_diffusion(budget_table(budget).name, conditional=True)
-            warm_start(model.unet, source.denoiser.unet)
+            warm_start(model.unet, _latent_diffusion(recipe.warm_start)[0].denoiser.unet)
         x, digits = two_digit_canvases("train", recipe.canvases, "seen", seed=recipe.seed)
         return fit_diffusion(model, first_stage, x, digits, d, desc="text-to-image diffusion", checkpoint=checkpoint,
                              to_condition=captions)

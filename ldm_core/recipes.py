@@ -80,6 +80,9 @@ class DiffusionRecipe:
     warmup_steps: int = 0  # linear learning-rate warm-up (the budget table's, in every recipe it makes)
     lr_decay: str = "cosine"  # then "cosine" decay to 0 or "constant"
     ema_warmup: bool = True  # the EMA's decay min(ema_decay, (1 + n) / (10 + n)) at update n
+    # the model whose UNet weights start this one's wherever names and shapes agree (pretrained.warm_start); the
+    # class-conditional model starts from chapter 2's unconditional one: all but its cross-attention is shared
+    warm_start: DiffusionRecipe | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -122,7 +125,7 @@ class Budget:
     autoencoder: AutoencoderRecipe  # the book's first stage (KL, f = 4 at every budget)
     unet: UNetConfig  # the diffusion UNet's widths; in_channels and d_context are set per model
     steps_unconditional: int  # chapter 2's latent model
-    steps_conditional: int  # chapter 3's class-conditional model (one more thing to learn)
+    steps_conditional: int  # chapter 3's class-conditional model, after chapter 2's model that it starts from
     batch_size: int  # of every diffusion model
     lr: float  # peak learning rate, after `warmup_steps` of linear warm-up, then a cosine decay
     warmup_steps: int
@@ -164,8 +167,8 @@ BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
         classifier=ClassifierRecipe(width=32, steps=1000, batch_size=64),
         autoencoder=AutoencoderRecipe(config=AutoencoderConfig(), steps=400, batch_size=32),
         unet=UNetConfig(channels=32),
-        steps_unconditional=1000, steps_conditional=2500, batch_size=64, lr=4e-3, warmup_steps=100, ema_decay=0.995,
-        text_steps=1500, text_lr=1e-3, text_canvases=8000,
+        steps_unconditional=1000, steps_conditional=1500, batch_size=64, lr=4e-3, warmup_steps=100, ema_decay=0.995,
+        text_steps=1000, text_lr=1e-3, text_canvases=8000,
         samples=200, sweep_samples=100, kid_subset=100, bootstrap=50, study_steps=1000,
         claims=True, min_psnr=22.0, min_classifier_accuracy=0.97, min_cond_accuracy=0.98, min_both_correct=0.95,
     ),
@@ -234,7 +237,8 @@ def diffusion_recipe(budget: str | None, conditional: bool, space: str = "kl_f4"
 
     ``space`` is ``"kl_f4"`` (the book's latent diffusion model), ``"pixel"`` (the same UNet on pixels, the
     paper's LDM-1) or another KL autoencoder of :func:`autoencoder_study`. The UNet's input channels are the
-    space's channels; the conditional model attends to a label token of width d_context = the UNet's first width.
+    space's channels; the conditional model attends to a label token of width d_context = the UNet's first width,
+    and in ``kl_f4`` starts from the unconditional model (``warm_start``: every weight but the cross-attention's).
     Outside ``kl_f4`` the number of training steps is chosen for *equal training compute*: the kl_f4 recipe's
     steps times the ratio of FLOPs per step (:func:`ldm_core.train.training_flops`), so that every space gets
     the same budget of arithmetic (and, on one machine, about the same wall-clock time).
@@ -255,7 +259,7 @@ def diffusion_recipe(budget: str | None, conditional: bool, space: str = "kl_f4"
                              batch_size=row.batch_size, lr=row.lr, warmup_steps=row.warmup_steps,
                              ema_decay=row.ema_decay)
     if space == "kl_f4":
-        return recipe
+        return dataclasses.replace(recipe, warm_start=diffusion_recipe(budget, False)) if conditional else recipe
     first_stage = None if space == "pixel" else autoencoder_study(row.name)[space]
     channels, f = (1, 1) if first_stage is None else (first_stage.config.latent_channels, first_stage.config.f)
     other = dataclasses.replace(recipe, autoencoder=first_stage, unet=dataclasses.replace(unet, in_channels=channels))

@@ -87,19 +87,20 @@ def loss_weight(alpha_bar: torch.Tensor, t: torch.Tensor, prediction: str = "eps
 
 def diffusion_loss(model: nn.Module, z0: torch.Tensor, alpha_bar: torch.Tensor, cond=None,
                    generator: torch.Generator | None = None, prediction: str = "eps",
-                   min_snr_gamma: float | None = None) -> torch.Tensor:
+                   min_snr_gamma: float | None = None, concat: torch.Tensor | None = None) -> torch.Tensor:
     """The LDM objective (paper Eq. 2; DDPM's simplified loss L_simple, Ho et al. 2020, Eq. 14), taught in chapter 2:
     E_{z0, eps ~ N(0, I), t ~ U{0..T-1}} w_t || target - model(z_t, t, cond) ||^2, averaged per element, where the
     target is eps (``prediction="eps"``) or v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) z0 (``"v"``), and
     w_t is :func:`loss_weight` (1 for every t unless ``min_snr_gamma`` is set; eps without it is exactly L_simple).
 
     Args:
-        model: ``model(z_t, t, cond) -> eps_hat`` (or v_hat).
+        model: ``model(z_t, t, cond) -> eps_hat`` (or v_hat), or ``model(z_t, t, cond, concat)`` with ``concat``.
         z0: clean (scaled) latents or images (B, ...).
         alpha_bar: (T,) schedule.
         cond: condition passed to the model (labels after condition dropout, or None).
         generator: randomness of t and eps.
         prediction, min_snr_gamma: see :func:`loss_weight`.
+        concat: a spatial condition (B, k, h, w) concatenated to z_t at the UNet's input, or None.
 
     Returns:
         scalar loss.
@@ -109,7 +110,8 @@ def diffusion_loss(model: nn.Module, z0: torch.Tensor, alpha_bar: torch.Tensor, 
     eps = randn_like(z0, generator)
     z_t = q_sample(z0, t, eps, alpha_bar)
     target = eps if prediction == "eps" else v_from_eps_x0(eps, z0, t, alpha_bar)
-    error = (model(z_t, t, cond) - target).pow(2).flatten(1).mean(1)  # (B,) per-example mean squared error
+    out = model(z_t, t, cond) if concat is None else model(z_t, t, cond, concat)
+    error = (out - target).pow(2).flatten(1).mean(1)  # (B,) per-example mean squared error
     return (loss_weight(alpha_bar, t, prediction, min_snr_gamma).to(error.dtype) * error).mean()
 
 
@@ -327,6 +329,7 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
 def fit_diffusion(model: nn.Module, first_stage: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe, *, desc: str,
                   checkpoint: Checkpoint | str | Path | None = None,
                   to_condition: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+                  to_concat: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                   monitor: Callable[[nn.Module], dict] | None = None,
                   monitor_every: int | Collection[int] = 0) -> dict:
     """Train a denoiser on the latents of a frozen first stage: the one training path of every diffusion model.
@@ -345,6 +348,9 @@ def fit_diffusion(model: nn.Module, first_stage: nn.Module, x: torch.Tensor, y: 
         recipe: a :class:`~ldm_core.recipes.DiffusionRecipe` (steps, batch size, optimiser, EMA, schedule, seed).
         to_condition: ``to_condition(y_batch, generator)`` -> the conditioner's input (default: y itself), for
             example captions drawn for digit pairs.
+        to_concat: ``to_concat(x_batch, generator)`` -> the spatial condition (B, concat_channels, h, w) of a UNet
+            with ``concat_channels``, made from the batch's images in [-1, 1] (a masked image's latent and the mask,
+            a low-resolution image); it is not dropped with the condition.
         monitor, monitor_every: see :func:`train` (the study of :mod:`ldm_core.bench` measures along a run).
 
     Returns:
@@ -355,18 +361,20 @@ def fit_diffusion(model: nn.Module, first_stage: nn.Module, x: torch.Tensor, y: 
         posterior = [first_stage.encode(chunk.to(device)) for chunk in x.split(500)]
     mean, std = torch.cat([p.mean for p in posterior]), torch.cat([p.std for p in posterior])  # (N, c, h, w)
     generator = torch.Generator(device).manual_seed(recipe.seed)
-    batches = Batches(mean, std, y.to(device), batch_size=recipe.batch_size, seed=recipe.seed)
+    images = (x.to(device),) if to_concat is not None else ()
+    batches = Batches(mean, std, y.to(device), *images, batch_size=recipe.batch_size, seed=recipe.seed)
     alpha_bar = recipe.alpha_bar().to(device)
     scale = first_stage.scale_factor
 
     def loss_fn(step: int) -> torch.Tensor:
-        mean_b, std_b, y_b = batches(step)
+        mean_b, std_b, y_b, *x_b = batches(step)
         z0 = scale * (mean_b + std_b * randn_like(mean_b, generator))
         cond = None
         if model.conditioner is not None:
             cond = to_condition(y_b, generator) if to_condition is not None else y_b
             cond = condition_dropout(cond, model.conditioner.null(len(cond), device), recipe.p_uncond, generator)
-        return diffusion_loss(model, z0, alpha_bar, cond, generator, recipe.prediction, recipe.min_snr_gamma)
+        concat = to_concat(x_b[0], generator) if to_concat is not None else None
+        return diffusion_loss(model, z0, alpha_bar, cond, generator, recipe.prediction, recipe.min_snr_gamma, concat)
 
     return train(model, loss_fn, steps=recipe.steps, lr=recipe.lr, desc=desc, ema_decay=recipe.ema_decay,
                  ema_warmup=recipe.ema_warmup, warmup_steps=recipe.warmup_steps, lr_decay=recipe.lr_decay,

@@ -8,6 +8,7 @@ every ResBlock at the lowest resolution, on the way down and up, and the middle 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import SpatialTransformer
+from .checks import check_int
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,9 @@ class UNetConfig:
     heads: int = 4  # attention heads in the SpatialTransformers
     d_context: int | None = None  # width of the context tokens; None: no cross-attention (unconditional)
     groups: int = 8  # GroupNorm groups; must divide every level width
+    # channels of a spatial condition concatenated to z_t at the input (paper Sec. 3.3, "concat" in the reference
+    # code): the first convolution reads in_channels + concat_channels; the output keeps in_channels
+    concat_channels: int = 0
 
     @classmethod
     def tiny(cls, in_channels: int = 4, d_context: int | None = None) -> "UNetConfig":
@@ -43,6 +48,7 @@ class UNetConfig:
         bad = [w for w in widths if w % self.heads]
         if bad:
             raise ValueError(f"heads={self.heads} must divide every level width {widths}; it does not divide {bad}")
+        check_int("concat_channels", self.concat_channels, 0)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -107,7 +113,7 @@ class UNet(nn.Module):
         widths = [c.channels * m for m in c.channel_mult]
         d_emb = 4 * c.channels
         self.time_embed = nn.Sequential(nn.Linear(c.channels, d_emb), nn.SiLU(), nn.Linear(d_emb, d_emb))
-        self.conv_in = nn.Conv2d(c.in_channels, widths[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(c.in_channels + c.concat_channels, widths[0], 3, padding=1)
         lowest = len(widths) - 1
 
         def transformer(width: int) -> SpatialTransformer:
@@ -155,8 +161,10 @@ class UNet(nn.Module):
                 h = layer(h)
         return h
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """z_t (B, in_channels, h, w), t (B,) int64 in [0, T-1], context (B, M, d_context) -> eps_hat like z_t."""
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
+                concat: torch.Tensor | None = None) -> torch.Tensor:
+        """z_t (B, in_channels, h, w), t (B,) int64 in [0, T-1], context (B, M, d_context), concat
+        (B, concat_channels, h, w) -> eps_hat like z_t."""
         c = self.config
         div = 2 ** (len(c.channel_mult) - 1)
         if z_t.dim() != 4 or z_t.shape[1] != c.in_channels or z_t.shape[2] % div or z_t.shape[3] % div:
@@ -170,8 +178,13 @@ class UNet(nn.Module):
                                         or context.shape[2] != c.d_context):
             raise ValueError(f"context must be ({z_t.shape[0]}, M, {c.d_context}), got "
                              f"{None if context is None else tuple(context.shape)}")
+        if (concat is None) != (c.concat_channels == 0) or (
+                concat is not None and concat.shape != (z_t.shape[0], c.concat_channels, *z_t.shape[2:])):
+            raise ValueError(f"concat must be (B, {c.concat_channels}, h, w) = "
+                             f"{(z_t.shape[0], c.concat_channels, *z_t.shape[2:])} for this UNet (None when 0 "
+                             f"channels), got {None if concat is None else tuple(concat.shape)}")
         emb = self.time_embed(timestep_embedding(t, c.channels).to(z_t.dtype))  # (B, 4 * channels)
-        h = self.conv_in(z_t)
+        h = self.conv_in(z_t if concat is None else torch.cat([z_t, concat], dim=1))
         skips = [h]
         for block in self.down:
             h = self._run(block, h, emb, context)
@@ -185,8 +198,10 @@ class UNet(nn.Module):
 class Denoiser(nn.Module):
     """The trainable part of an LDM: the UNet and, for conditional models, the conditioner tau_theta.
 
-    ``forward(z_t, t, y)`` = ``unet(z_t, t, conditioner(y))``: the conditioner is trained jointly with the UNet
-    (paper Eq. 3). With ``conditioner=None`` the model is unconditional and ``y`` must be None.
+    ``forward(z_t, t, y, concat)`` = ``unet(z_t, t, conditioner(y), concat)``: the conditioner is trained jointly
+    with the UNet (paper Eq. 3). With ``conditioner=None`` the model is not conditioned through cross-attention and
+    ``y`` must be None; ``concat``, a spatial condition at the latent's resolution, goes to the UNet's input as it
+    is (the reference code's identity tau_theta for concatenation).
     """
 
     def __init__(self, unet: UNet, conditioner: nn.Module | None = None):
@@ -195,8 +210,34 @@ class Denoiser(nn.Module):
             raise ValueError("a UNet with d_context needs a conditioner, and one without must have none")
         self.unet, self.conditioner = unet, conditioner
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, y=None) -> torch.Tensor:
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, y=None, concat: torch.Tensor | None = None) -> torch.Tensor:
         if self.conditioner is None and y is not None:
             raise ValueError("this Denoiser is unconditional; y must be None")
         context = None if self.conditioner is None else self.conditioner(y)  # (B, M, d_context)
-        return self.unet(z_t, t, context)
+        return self.unet(z_t, t, context, concat)
+
+
+def widen_input(unet: UNet, extra_channels: int) -> UNet:
+    """A copy of ``unet`` whose first convolution reads ``extra_channels`` more concatenated channels, their
+    weights zero: at the start it computes exactly what ``unet`` computes, whatever the new channels hold, and
+    training then learns to use them. Stable Diffusion's inpainting model was started from its text-to-image model
+    this way (5 new input channels: the masked image's latent and the mask).
+
+    Args:
+        unet: a trained UNet (not changed).
+        extra_channels: >= 1 new input channels, appended after the existing ones.
+
+    Returns:
+        a new UNet with ``concat_channels`` increased by extra_channels, on unet's device.
+
+    Raises:
+        TypeError, ValueError: if extra_channels is not an integer >= 1.
+    """
+    check_int("extra_channels", extra_channels, 1)
+    config = dataclasses.replace(unet.config, concat_channels=unet.config.concat_channels + extra_channels)
+    wide = UNet(config).to(next(unet.parameters()).device)
+    state = unet.state_dict()
+    weight = state["conv_in.weight"]  # (out, in, 3, 3)
+    state["conv_in.weight"] = torch.cat([weight, weight.new_zeros(weight.shape[0], extra_channels, *weight.shape[2:])], 1)
+    wide.load_state_dict(state)
+    return wide

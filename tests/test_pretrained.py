@@ -126,6 +126,11 @@ def test_latent_diffusion_reuses_the_autoencoder_and_samples():
     ae = pretrained.autoencoder()
     ldm, artifact = pretrained.latent_diffusion(conditional=True)
     assert not artifact.from_cache
+    source = pretrained.latent_diffusion(conditional=False)[1]
+    assert source.from_cache, "the unconditional model it starts from was trained first"
+    # started from a trained model (the new cross-attention adds little at first), its first loss is the end of the
+    # unconditional run's, far below the first loss of a model started from scratch
+    assert artifact.history["loss"][0] < 0.8 * source.history["loss"][0]
     assert torch.equal(ldm.autoencoder.scale_factor, ae.model.scale_factor)
     labels = torch.tensor([0, 1, 2])
     x = ldm.sample(labels, steps=3, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
@@ -151,6 +156,12 @@ def test_warm_start_copies_what_matches_and_leaves_the_rest():
         assert torch.equal(value, expected), name
     with pytest.raises(ValueError, match="no parameter"):
         warm_start(torch.nn.Linear(3, 3), torch.nn.Linear(2, 2))
+
+
+def test_the_class_conditional_model_starts_from_the_unconditional_recipe():
+    for budget in ("smoke", "book", "full"):
+        assert recipes.diffusion_recipe(budget, True).warm_start == recipes.diffusion_recipe(budget, False)
+        assert recipes.diffusion_recipe(budget, True, "pixel").warm_start is None  # no such model to start from
 
 
 def test_the_text_model_starts_from_the_class_conditional_recipe():

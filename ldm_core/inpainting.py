@@ -1,0 +1,123 @@
+"""Masks for inpainting, and how a mask reaches the latent grid (chapter 6; paper Sec. 4.5).
+
+A mask is a float tensor (B, 1, H, W) of 0 and 1, where **1 marks the hole**, the pixels to be generated, and 0
+the known pixels, as in LaMa (Suvorov et al. 2022), whose masks the paper's inpainting model was trained and
+evaluated with (paper Sec. 4.5 and Appendix E.2.2). The inpainting model sees the masked image (holes set to 0,
+the middle of [-1, 1]) through the autoencoder, and the mask itself on the latent grid.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .checks import check_int
+
+MASK_KINDS = ("strokes", "boxes", "half", "whole")
+
+
+def random_masks(n: int, kind: str, size: int = 32, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Hole masks like LaMa's, scaled from its 256 to 512 pixels to the book's 32.
+
+    - ``"strokes"``: 1 to 4 polylines of 1 to 4 segments, each 3 to 12 pixels long and 1 to 4 pixels thick
+      (LaMa's "thick" irregular masks);
+    - ``"boxes"``: 1 to 3 axis-aligned rectangles, sides 4 to 16 pixels;
+    - ``"half"``: the left, right, top or bottom half;
+    - ``"whole"``: every pixel (inpainting becomes generation).
+
+    Args:
+        n: number of masks, >= 1.
+        kind: one of :data:`MASK_KINDS`.
+        size: H = W of the masks, >= 8.
+        generator: the source of randomness (CPU); None uses torch's global one.
+
+    Returns:
+        float32 (n, 1, size, size), 1 in the hole and 0 elsewhere, on the CPU.
+
+    Raises:
+        TypeError, ValueError: for an n or size that is not an integer in range, or an unknown kind.
+    """
+    check_int("n", n, 1)
+    check_int("size", size, 8)
+    if kind not in MASK_KINDS:
+        raise ValueError(f"kind must be one of {MASK_KINDS}, got {kind!r}")
+    scale = size / 32
+
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * torch.rand((), generator=generator).item()
+
+    def integer(low: int, high: int) -> int:  # low..high inclusive
+        return int(torch.randint(low, high + 1, (), generator=generator))
+
+    masks = torch.zeros(n, 1, size, size)
+    rows, cols = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    for mask in masks[:, 0]:
+        if kind == "whole":
+            mask.fill_(1)
+        elif kind == "half":
+            side = integer(0, 3)
+            half = size // 2
+            (mask[:, :half], mask[:, half:], mask[:half], mask[half:])[side].fill_(1)
+        elif kind == "boxes":
+            for _ in range(integer(1, 3)):
+                h, w = (max(1, round(uniform(4, 16) * scale)) for _ in range(2))
+                top, left = integer(0, size - h), integer(0, size - w)
+                mask[top:top + h, left:left + w] = 1
+        else:  # strokes: a polyline, every point within half the width of a segment is in the hole
+            for _ in range(integer(1, 4)):
+                y, x = uniform(0, size), uniform(0, size)
+                width = uniform(1, 4) * scale
+                for _ in range(integer(1, 4)):
+                    angle, length = uniform(0, 2 * math.pi), uniform(3, 12) * scale
+                    y_end = min(max(y + length * math.sin(angle), 0.0), float(size))
+                    x_end = min(max(x + length * math.cos(angle), 0.0), float(size))
+                    mask[_segment_distance(rows, cols, (y, x), (y_end, x_end)) <= max(width / 2, 0.5)] = 1
+                    y, x = y_end, x_end
+    return masks
+
+
+def _segment_distance(rows: torch.Tensor, cols: torch.Tensor, start: tuple, end: tuple) -> torch.Tensor:
+    """Distance of each pixel centre (rows, cols) to the segment from start to end, (y, x) in pixels."""
+    (y0, x0), (y1, x1) = start, end
+    dy, dx = y1 - y0, x1 - x0
+    length2 = dy * dy + dx * dx
+    along = ((rows - y0) * dy + (cols - x0) * dx) / length2 if length2 > 0 else torch.zeros_like(rows)
+    along = along.clamp(0, 1)
+    return ((rows - (y0 + along * dy)) ** 2 + (cols - (x0 + along * dx)) ** 2).sqrt()
+
+
+def latent_mask(mask: torch.Tensor, f: int) -> torch.Tensor:
+    """The mask on the latent grid of an autoencoder with downsampling factor f: a latent cell is in the hole if
+    any of its f x f pixels is (max-pooling). Nearest sampling (``mask[..., ::f, ::f]``) would read one pixel of
+    each cell, and a stroke thinner than f pixels could vanish from the latent mask while the decoder still has to
+    fill it.
+
+    Args:
+        mask: (B, 1, H, W) of 0 and 1 (1: hole), H and W divisible by f.
+        f: the downsampling factor, >= 1.
+
+    Returns:
+        (B, 1, H / f, W / f) of 0 and 1, the dtype of mask.
+
+    Raises:
+        ValueError: if mask is not (B, 1, H, W) with H and W divisible by f.
+    """
+    check_int("f", f, 1)
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2] % f or mask.shape[3] % f:
+        raise ValueError(f"mask must be (B, 1, H, W) with H and W divisible by f = {f}, got {tuple(mask.shape)}")
+    return F.max_pool2d(mask, f)
+
+
+def masked_image(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The known pixels of x, the hole set to 0 (the middle of [-1, 1]): x * (1 - mask). x (B, C, H, W), mask
+    (B, 1, H, W)."""
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != x.shape[0] or mask.shape[2:] != x.shape[2:]:
+        raise ValueError(f"mask must be (B, 1, H, W) = {(x.shape[0], 1, *x.shape[2:])}, got {tuple(mask.shape)}")
+    return x * (1 - mask)
+
+
+def hole_fraction(mask: torch.Tensor) -> torch.Tensor:
+    """The fraction of each mask's pixels in the hole, (B,) in [0, 1]."""
+    return mask.flatten(1).mean(1)

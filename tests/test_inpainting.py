@@ -1,0 +1,129 @@
+"""Concatenation conditioning, the widened first convolution, and inpainting masks (chapter 6)."""
+
+import pytest
+import torch
+
+from ldm_core.autoencoder import Autoencoder, AutoencoderConfig
+from ldm_core.conditioning import ClassEmbedder
+from ldm_core.inpainting import MASK_KINDS, hole_fraction, latent_mask, masked_image, random_masks
+from ldm_core.pipeline import LatentDiffusion
+from ldm_core.schedules import alpha_bar_from_betas, linear_beta_schedule
+from ldm_core.unet import Denoiser, UNet, UNetConfig, widen_input
+
+
+def trained_looking_unet(**config) -> UNet:
+    """A tiny UNet with every weight random, including the zero-initialised ones (as after training)."""
+    unet = UNet(UNetConfig.tiny(**config))
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.copy_(0.2 * torch.randn_like(p))
+    return unet
+
+
+def test_the_widened_unet_computes_what_the_old_one_did_whatever_the_new_channels_hold():
+    unet = trained_looking_unet(d_context=8).eval()
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    wide = widen_input(unet, 5).eval()
+    assert wide.config.concat_channels == 5 and wide.conv_in.in_channels == 4 + 5
+    z, t, context = torch.randn(3, 4, 8, 8), torch.tensor([0, 500, 999]), torch.randn(3, 1, 8)
+    with torch.no_grad():
+        old = unet(z, t, context)
+        for concat in (torch.zeros(3, 5, 8, 8), torch.randn(3, 5, 8, 8)):
+            torch.testing.assert_close(wide(z, t, context, concat), old, rtol=0, atol=1e-6)
+    assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items()), "the source is not changed"
+    # the new weights are zero but not stuck: the loss has a gradient with respect to them
+    wide(z, t, context, torch.randn(3, 5, 8, 8)).pow(2).mean().backward()
+    assert wide.conv_in.weight.grad[:, 4:].abs().sum() > 0
+    with pytest.raises(ValueError, match="concat must be"):
+        wide(z, t, context)
+    with pytest.raises(ValueError, match="concat must be"):
+        wide(z, t, context, torch.zeros(3, 5, 4, 4))
+    with pytest.raises(ValueError, match="concat must be"):
+        unet(z, t, context, torch.zeros(3, 5, 8, 8))
+    with pytest.raises(ValueError, match="extra_channels"):
+        widen_input(unet, 0)
+
+
+def test_the_latent_mask_keeps_a_one_pixel_stroke_that_nearest_sampling_loses():
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 5] = 1  # a vertical stroke one pixel wide, in no f x f cell's first column
+    nearest = mask[..., ::4, ::4]
+    assert nearest.sum() == 0, "nearest sampling reads one pixel per cell and misses the stroke"
+    latent = latent_mask(mask, 4)
+    assert latent.shape == (1, 1, 8, 8)
+    assert torch.equal(latent[0, 0, :, 1], torch.ones(8)) and latent.sum() == 8, "exactly the cells it crosses"
+    # every hole pixel lies in a hole cell (upsampled back, the latent mask covers the mask)
+    for kind in MASK_KINDS:
+        m = random_masks(16, kind, generator=torch.Generator().manual_seed(0))
+        covered = latent_mask(m, 4).repeat_interleave(4, 2).repeat_interleave(4, 3)
+        assert (covered >= m).all(), kind
+    with pytest.raises(ValueError, match="divisible by f = 4"):
+        latent_mask(torch.zeros(1, 1, 30, 30), 4)
+
+
+def test_masks_are_holes_of_the_kind_asked_for_and_repeat_with_the_seed():
+    masks = {kind: random_masks(64, kind, generator=torch.Generator().manual_seed(1)) for kind in MASK_KINDS}
+    for kind, m in masks.items():
+        assert m.shape == (64, 1, 32, 32) and m.dtype == torch.float32
+        assert set(m.unique().tolist()) <= {0.0, 1.0}, kind
+        assert torch.equal(m, random_masks(64, kind, generator=torch.Generator().manual_seed(1))), kind
+    assert (hole_fraction(masks["whole"]) == 1).all()
+    assert (hole_fraction(masks["half"]) == 0.5).all()
+    # boxes: at most three 16x16 boxes, at least one 4x4 box
+    assert ((hole_fraction(masks["boxes"]) >= 16 / 1024) & (hole_fraction(masks["boxes"]) <= 3 * 256 / 1024)).all()
+    strokes = hole_fraction(masks["strokes"])
+    assert (strokes > 0).all() and (strokes < 0.6).all() and strokes.std() > 0.01, "thin, and of varied size"
+    with pytest.raises(ValueError, match="kind must be one of"):
+        random_masks(2, "circles")
+
+
+def test_the_masked_image_zeroes_the_hole_and_keeps_the_rest():
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    mask = random_masks(2, "boxes", generator=torch.Generator().manual_seed(0))
+    out = masked_image(x, mask)
+    assert (out[mask == 1] == 0).all() and torch.equal(out[mask == 0], x[mask == 0])
+    with pytest.raises(ValueError, match="mask must be"):
+        masked_image(x, mask[:, :, :16])
+
+
+def test_sampling_passes_the_spatial_condition_through_guidance():
+    torch.manual_seed(0)
+    autoencoder = Autoencoder(AutoencoderConfig.tiny()).eval()
+    unet = widen_input(trained_looking_unet(in_channels=2, d_context=8), 3)
+    with torch.no_grad():
+        unet.conv_in.weight[:, 2:].normal_()  # as if training had taught it to use the condition
+    ldm = LatentDiffusion(autoencoder, Denoiser(unet, ClassEmbedder(10, 8)).eval(),
+                          alpha_bar_from_betas(linear_beta_schedule(100)), prediction="v")
+    labels, noise = torch.tensor([1, 2]), torch.randn(2, 2, 8, 8)
+    a, b = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    for scale in (1.0, 3.0):
+        x_a = ldm.sample(labels, steps=4, guidance_scale=scale, noise=noise, concat=a)
+        assert torch.equal(x_a, ldm.sample(labels, steps=4, guidance_scale=scale, noise=noise, concat=a))
+        assert not torch.allclose(x_a, ldm.sample(labels, steps=4, guidance_scale=scale, noise=noise, concat=b))
+    with pytest.raises(ValueError, match="concat must be"):
+        ldm.sample(labels, steps=4, noise=noise)
+
+
+def test_training_feeds_the_spatial_condition_made_from_each_batch():
+    """Given the clean image itself as the concatenated condition, the denoiser can read the answer off its input:
+    after the same steps its loss must be far below the same model's without the condition."""
+    import dataclasses
+
+    from ldm_core.autoencoder import PixelSpace
+    from ldm_core.data import load_mnist
+    from ldm_core.recipes import DiffusionRecipe
+    from ldm_core.train import fit_diffusion
+
+    x, y = load_mnist("train")
+    x, y = torch.nn.functional.avg_pool2d(x[:512], 2), y[:512]  # 16x16: quicker, and enough to tell
+    losses = {}
+    for concat_channels in (0, 1):
+        unet = dataclasses.replace(UNetConfig.tiny(in_channels=1), concat_channels=concat_channels)
+        recipe = DiffusionRecipe(autoencoder=None, unet=unet, steps=80, batch_size=16, lr=4e-3, ema_decay=0.9,
+                                 warmup_steps=5)
+        torch.manual_seed(0)
+        model = Denoiser(UNet(unet))
+        history = fit_diffusion(model, PixelSpace(), x, y, recipe, desc="test",
+                                to_concat=(lambda x_b, generator: x_b) if concat_channels else None)
+        losses[concat_channels] = sum(history["loss"][-20:]) / 20
+    assert losses[1] < 0.5 * losses[0], losses
