@@ -10,10 +10,13 @@ One concept a module (the book's architecture; each module names the chapter tha
 - :mod:`ldm_core.attention`: multi-head (cross-)attention, the SpatialTransformer block, attention-map capture.
 - :mod:`ldm_core.conditioning`: tau_theta for labels (class embedder) and for text (tokenizer, transformer),
   each with its null condition.
-- :mod:`ldm_core.unet`: the time-conditional UNet eps_theta(z_t, t, context).
+- :mod:`ldm_core.unet`: the time-conditional UNet eps_theta(z_t, t, context), with a spatial condition
+  concatenated to its input where one is given (``concat``), and its widening for one (``widen_input``).
 - :mod:`ldm_core.samplers`: DDPM and DDIM as pure functions over an explicit timestep sequence.
 - :mod:`ldm_core.train`: the one training loop (EMA, checkpoint and resume) and the diffusion objective.
 - :mod:`ldm_core.pipeline`: the LDM as a whole: encode, sample, decode.
+- :mod:`ldm_core.inpainting`: hole masks, the mask on the latent grid, and the inpainting model's condition
+  (chapter 6, in progress).
 - :mod:`ldm_core.metrics`: PSNR, SSIM, the domain classifier, FID and KID in its feature space.
 - :mod:`ldm_core.viz`: image grids, plots, sliders (live and static).
 - :mod:`ldm_core.budget`: the active budget (``LDM_BUDGET``) and the device.

@@ -11,18 +11,21 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .checks import check_int
+from .schedules import rng_device
 
 MASK_KINDS = ("strokes", "boxes", "half", "whole")
 
 
 def random_masks(n: int, kind: str, size: int = 32, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Hole masks like LaMa's, scaled from its 256 to 512 pixels to the book's 32.
+    """Hole masks in the spirit of LaMa's training masks (random thick strokes and boxes; Suvorov et al. 2022,
+    Sec. 3.3), drawn for the book's 32x32 digits. Sizes below are for size 32 and scale with ``size``:
 
-    - ``"strokes"``: 1 to 4 polylines of 1 to 4 segments, each 3 to 12 pixels long and 1 to 4 pixels thick
-      (LaMa's "thick" irregular masks);
+    - ``"strokes"``: 1 to 4 polylines of 1 to 4 segments, each up to 3 to 12 pixels long (shorter where it meets
+      the border) and 1 to 4 pixels thick;
     - ``"boxes"``: 1 to 3 axis-aligned rectangles, sides 4 to 16 pixels;
     - ``"half"``: the left, right, top or bottom half;
     - ``"whole"``: every pixel (inpainting becomes generation).
@@ -102,9 +105,11 @@ def latent_mask(mask: torch.Tensor, f: int) -> torch.Tensor:
         (B, 1, H / f, W / f) of 0 and 1, the dtype of mask.
 
     Raises:
-        ValueError: if mask is not (B, 1, H, W) with H and W divisible by f.
+        ValueError: if mask is not a float (B, 1, H, W) with H and W divisible by f.
     """
     check_int("f", f, 1)
+    if not mask.is_floating_point():
+        raise ValueError(f"mask must be a float tensor of 0 and 1, got {mask.dtype}")
     if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2] % f or mask.shape[3] % f:
         raise ValueError(f"mask must be (B, 1, H, W) with H and W divisible by f = {f}, got {tuple(mask.shape)}")
     return F.max_pool2d(mask, f)
@@ -121,3 +126,75 @@ def masked_image(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def hole_fraction(mask: torch.Tensor) -> torch.Tensor:
     """The fraction of each mask's pixels in the hole, (B,) in [0, 1]."""
     return mask.flatten(1).mean(1)
+
+
+def inpainting_condition(autoencoder: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """What the inpainting UNet reads beside z_t: the scaled latent of the masked image and the latent mask,
+    concatenated, (B, c + 1, H / f, W / f) (paper Sec. 4.5; the reference code's ``concat`` conditioning, as in
+    Stable Diffusion's inpainting model). The same function makes it for training and for sampling.
+
+    Args:
+        autoencoder: the frozen first stage (its ``scale_factor`` set).
+        x: images (B, C, H, W) in [-1, 1]; only their known pixels are read.
+        mask: float (B, 1, H, W), 1 in the hole.
+
+    Returns:
+        (B, c + 1, H / f, W / f): c channels of unit-scale latents, then the latent mask of 0 and 1.
+
+    Raises:
+        ValueError: if the mask does not match x or its size is not divisible by f.
+    """
+    with torch.no_grad():
+        z_known = autoencoder.scale_factor * autoencoder.encode(masked_image(x, mask)).mode()
+    return torch.cat([z_known, latent_mask(mask, autoencoder.config.f).to(z_known.dtype)], dim=1)
+
+
+def draw_masks(bank: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n masks drawn with replacement from a bank (B, 1, H, W) made once by :func:`random_masks` (drawing masks
+    one by one at every training step would cost more than the step). On the bank's device."""
+    index = torch.randint(len(bank), (n,), generator=generator, device=rng_device(generator, bank.device))
+    return bank[index.to(bank.device)]
+
+
+def mask_bank(n: int, mix: dict[str, float], size: int = 32, seed: int = 0) -> torch.Tensor:
+    """n masks of the kinds in ``mix`` ({kind: fraction}, fractions summing to 1), shuffled: the training masks of
+    the inpainting model. (n, 1, size, size) on the CPU.
+
+    Raises:
+        ValueError: for an unknown kind, or fractions that are negative or do not sum to 1.
+    """
+    check_int("n", n, 1)
+    if any(kind not in MASK_KINDS for kind in mix) or any(p < 0 for p in mix.values()) or \
+            abs(sum(mix.values()) - 1) > 1e-6:
+        raise ValueError(f"mix must map kinds of {MASK_KINDS} to fractions summing to 1, got {mix}")
+    generator = torch.Generator().manual_seed(seed)
+    counts = [math.floor(n * p) for p in mix.values()]  # then the largest remainders get the rest
+    for i in sorted(range(len(counts)), key=lambda i: n * list(mix.values())[i] - counts[i], reverse=True)[:n - sum(counts)]:
+        counts[i] += 1
+    masks = torch.cat([random_masks(k, kind, size, generator) for kind, k in zip(mix, counts) if k > 0])
+    return masks[torch.randperm(n, generator=generator)]
+
+
+def inpaint(ldm, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, **sample_kwargs) -> dict:
+    """Fill the holes of x with an inpainting LDM (:func:`ldm_core.pretrained.inpainting_diffusion`): sample with
+    :func:`inpainting_condition`, decode, and paste the known pixels back.
+
+    Args:
+        ldm: a :class:`~ldm_core.pipeline.LatentDiffusion` whose UNet reads c + 1 concatenated channels.
+        x: images (B, C, H, W) in [-1, 1]; mask: (B, 1, H, W), 1 in the hole.
+        labels: class labels (B,) int64 (the inpainting model is class-conditional; with ``guidance_scale=0`` the
+            labels are ignored and the completion is unconditional).
+        sample_kwargs: passed to ``ldm.sample`` (steps, guidance_scale, generator, noise, ...).
+
+    Returns:
+        dict(x=the completions (B, C, H, W) on the CPU, known pixels pasted back; raw=the decoded samples before the
+        paste, clamped to [-1, 1]; seam=(B,) mean absolute error of raw on the known pixels, in [0, 2]: what the
+        paste hides).
+    """
+    device = ldm.device
+    concat = inpainting_condition(ldm.autoencoder, x.to(device), mask.to(device))
+    raw = ldm.sample(labels, concat=concat, **sample_kwargs).clamp(-1, 1)
+    x, mask = x.cpu(), mask.cpu()
+    known = 1 - mask
+    seam = ((raw - x).abs() * known).flatten(1).sum(1) / (known.flatten(1).sum(1) * x.shape[1]).clamp(min=1)
+    return dict(x=mask * raw + known * x, raw=raw, seam=seam)

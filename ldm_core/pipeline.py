@@ -72,7 +72,8 @@ class LatentDiffusion:
     def sample(self, labels: torch.Tensor | None = None, n: int | None = None, *, sampler: str = "ddim",
                steps: int = 50, eta: float = 0.0, guidance_scale: float = 1.0,
                generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-               concat: torch.Tensor | None = None, callback=None) -> torch.Tensor:
+               concat: torch.Tensor | None = None, known: tuple[torch.Tensor, torch.Tensor] | None = None,
+               callback=None) -> torch.Tensor:
         """Draw images: noise z_T -> sampler -> z_0 -> decoder.
 
         Args:
@@ -87,6 +88,8 @@ class LatentDiffusion:
             noise: the starting latents z_T (B, c, h, w); drawn from ``generator`` when None.
             concat: the spatial condition of a UNet with ``concat_channels`` (B, concat_channels, h, w), at the
                 latent's resolution; it is the same in guidance's conditional and unconditional predictions.
+            known: (z0_known, keep), scaled latents (B, c, h, w) and a mask broadcastable to them (1 = known), for
+                inpainting without training: passed to the sampler (chapter 6's "blended" baseline).
             callback: passed to the sampler.
 
         Returns:
@@ -96,7 +99,8 @@ class LatentDiffusion:
             TypeError: for labels that are not a tensor, or steps or n that are not integers.
             ValueError: for an unknown sampler, labels/n that do not match the denoiser, the null label (ask for
                 unconditional samples with guidance_scale=0), steps outside [1, T], eta outside [0, 1], a guidance
-                scale that is negative, NaN or infinite, or noise of the wrong shape.
+                scale that is negative, NaN or infinite, noise of the wrong shape, or a concat that is missing,
+                unexpected or of the wrong shape.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -122,9 +126,15 @@ class LatentDiffusion:
             raise ValueError(f"noise must be (B, c, h, w) = {(batch, *self.latent_shape)}, got {tuple(noise.shape)}")
         noise = noise.to(self.device)
         model, cond = self.eps, None
-        if concat is not None:  # guidance stacks [z_t; z_t]: the spatial condition repeats with it
+        concat_channels = self.denoiser.unet.config.concat_channels
+        if (concat is None) != (concat_channels == 0) or (
+                concat is not None and tuple(concat.shape) != (batch, concat_channels, *self.latent_shape[1:])):
+            raise ValueError(f"concat must be (B, concat_channels, h, w) = {(batch, concat_channels, *self.latent_shape[1:])}"
+                             f" for this denoiser (None when it has 0 concat_channels), got "
+                             f"{None if concat is None else tuple(concat.shape)}")
+        if concat is not None:  # guidance stacks [z_t; z_t]: the spatial condition is stacked with it
             concat = concat.to(self.device)
-            model = lambda z_t, t, c: self.eps(z_t, t, c, concat.repeat(len(z_t) // len(concat), 1, 1, 1))
+            model = lambda z_t, t, c: self.eps(z_t, t, c, torch.cat([concat] * (len(z_t) // batch)))
         if conditional:
             cond = labels.to(self.device)
             if guidance_scale != 1.0:
@@ -132,8 +142,9 @@ class LatentDiffusion:
                                                  lambda B: self.denoiser.conditioner.null(B, self.device))
         timesteps = make_timesteps(self.T, steps)
         if sampler == "ddpm":
-            z0 = ddpm_sample(model, noise, self.alpha_bar, timesteps, cond, generator=generator, callback=callback)
+            z0 = ddpm_sample(model, noise, self.alpha_bar, timesteps, cond, generator=generator, callback=callback,
+                             known=known)
         else:
             z0 = ddim_sample(model, noise, self.alpha_bar, timesteps, cond, eta=eta, generator=generator,
-                             callback=callback)
+                             callback=callback, known=known)
         return self.decode(z0).cpu()

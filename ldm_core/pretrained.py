@@ -17,14 +17,15 @@ from .budget import get_device
 from .cache import Artifact, Checkpoint, load_or_train
 from .conditioning import ClassEmbedder, TextEncoder, Tokenizer
 from .data import CAPTION_TEMPLATES, caption, load_mnist, two_digit_canvases
+from .inpainting import draw_masks, inpainting_condition, mask_bank
 from .losses import PatchDiscriminator, PerceptualLoss, autoencoder_loss, digit_feature_layers
 from .metrics import DigitClassifier, random_shift
 from .pipeline import LatentDiffusion
 from .recipes import (AutoencoderRecipe, ClassifierRecipe, DiffusionRecipe, budget_table, diffusion_recipe,
-                      text_recipe)
+                      inpainting_recipe, text_recipe)
 from .schedules import rng_device
 from .train import Batches, fit_diffusion, train
-from .unet import Denoiser, UNet
+from .unet import Denoiser, UNet, widen_input
 
 
 def _seeded(seed: int, make: Callable[[], nn.Module]) -> nn.Module:
@@ -205,8 +206,8 @@ def text_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact
         return tokenizer([caption(a, b, p) for (a, b), p in zip(digits.tolist(), phrasing)]).to(device)
 
     def fit(model: Denoiser, checkpoint: Checkpoint) -> dict:
-        if recipe.warm_start is not None:  # (a resumed run then loads its checkpoint over these weights)
-            warm_start(model.unet, _latent_diffusion(recipe.warm_start)[0].denoiser.unet)
+        if d.warm_start is not None:  # (a resumed run then loads its checkpoint over these weights)
+            warm_start(model.unet, _latent_diffusion(d.warm_start)[0].denoiser.unet)
         x, digits = two_digit_canvases("train", recipe.canvases, "seen", seed=recipe.seed)
         return fit_diffusion(model, first_stage, x, digits, d, desc="text-to-image diffusion", checkpoint=checkpoint,
                              to_condition=captions)
@@ -214,3 +215,41 @@ def text_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact
     artifact = load_or_train("text-ldm", recipe, build, fit, device)
     return LatentDiffusion(first_stage, artifact.model, d.alpha_bar().to(device), image_size=(32, 64),
                            prediction=d.prediction), artifact
+
+
+def inpainting_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact]:
+    """The inpainting LDM (for chapter 6) at ``budget`` (default :func:`~ldm_core.budget.get_budget`) (paper Sec. 4.5): the class-conditional model, its first convolution widened
+    (:func:`~ldm_core.unet.widen_input`) to read the masked image's latent and the latent mask beside z_t
+    (:func:`~ldm_core.inpainting.inpainting_condition`), fine-tuned on the training digits with masks drawn from the
+    recipe's bank, one per example and step; labels still dropped 10% of the time, so guidance works. The
+    class-conditional model is trained first if it is not cached.
+
+    Returns:
+        (pipeline, artifact); sample with ``pipeline.sample(labels, concat=inpainting_condition(...))``, or
+        :func:`~ldm_core.inpainting.inpaint`.
+
+    Raises:
+        ValueError: for an unknown budget.
+    """
+    recipe = inpainting_recipe(budget)
+    d = recipe.diffusion
+    device = get_device()
+    first_stage = autoencoder(recipe=d.autoencoder).model.to(device)
+
+    def fit(model: Denoiser, checkpoint: Checkpoint) -> dict:
+        source = _latent_diffusion(d.warm_start)[0].denoiser  # (a resumed run then loads its checkpoint over it)
+        extra = d.unet.concat_channels - source.unet.config.concat_channels
+        skipped = warm_start(model, Denoiser(widen_input(source.unet, extra), source.conditioner))
+        if skipped:  # the recipe changed the architecture beyond the first convolution: not a fine-tune any more
+            raise ValueError(f"the inpainting model must start from every weight of its source; not copied: {skipped}")
+        bank = mask_bank(recipe.mask_bank, dict(recipe.mask_mix), seed=recipe.seed).to(device)
+        x, y = load_mnist("train")
+
+        def to_concat(x_batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            return inpainting_condition(first_stage, x_batch, draw_masks(bank, len(x_batch), generator))
+
+        return fit_diffusion(model, first_stage, x, y, d, desc="inpainting diffusion", checkpoint=checkpoint,
+                             to_concat=to_concat)
+
+    artifact = load_or_train("inpainting-ldm", recipe, lambda: build_denoiser(d), fit, device)
+    return LatentDiffusion(first_stage, artifact.model, d.alpha_bar().to(device), prediction=d.prediction), artifact

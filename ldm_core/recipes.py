@@ -80,8 +80,9 @@ class DiffusionRecipe:
     warmup_steps: int = 0  # linear learning-rate warm-up (the budget table's, in every recipe it makes)
     lr_decay: str = "cosine"  # then "cosine" decay to 0 or "constant"
     ema_warmup: bool = True  # the EMA's decay min(ema_decay, (1 + n) / (10 + n)) at update n
-    # the model whose UNet weights start this one's wherever names and shapes agree (pretrained.warm_start); the
-    # class-conditional model starts from chapter 2's unconditional one: all but its cross-attention is shared
+    # the model whose weights start this one's wherever names and shapes agree (pretrained.warm_start): the
+    # class-conditional model starts from chapter 2's unconditional one (all but its cross-attention is shared), the
+    # text and inpainting models from the class-conditional one
     warm_start: DiffusionRecipe | None = None
     seed: int = 0
 
@@ -105,13 +106,25 @@ class DiffusionRecipe:
 
 @dataclass(frozen=True)
 class TextDiffusionRecipe:
-    diffusion: DiffusionRecipe  # UNet (d_context = the text width), schedule, optimiser, first stage
+    # UNet (d_context = the text width), schedule, optimiser, first stage; its warm_start is chapter 3's model,
+    # whose UNet weights start the text model's wherever names and shapes agree (all but the cross-attention's keys
+    # and values, whose context is wider)
+    diffusion: DiffusionRecipe
     canvases: int  # two-digit training canvases, made once from the training digits (seen pairs only)
-    # the model whose UNet weights start the text model's wherever names and shapes agree (all but the
-    # cross-attention's keys and values, whose context is wider): chapter 3's, which already draws digits
-    warm_start: DiffusionRecipe | None = None
     text_layers: int = 3  # transformer blocks of tau_theta
     max_tokens: int = 8  # L, caption length in words
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InpaintingRecipe:
+    # the class-conditional recipe with the UNet reading c + 1 more channels (the masked image's latent and the
+    # latent mask), started from the class-conditional model with its first convolution widened (unet.widen_input)
+    diffusion: DiffusionRecipe
+    # the training masks ({kind: fraction} of inpainting.MASK_KINDS): mostly LaMa-like holes, and some whole-image
+    # masks so that the model still generates without any known pixel
+    mask_mix: tuple[tuple[str, float], ...] = (("strokes", 0.35), ("boxes", 0.35), ("half", 0.2), ("whole", 0.1))
+    mask_bank: int = 8000  # masks drawn once, then sampled per training example
     seed: int = 0
 
 
@@ -133,6 +146,7 @@ class Budget:
     text_steps: int  # chapter 5's text-to-image model: two digits and their order are more to learn
     text_lr: float  # its peak learning rate: tau_theta's transformer does not take the UNet's
     text_canvases: int
+    inpaint_steps: int  # the inpainting model (for chapter 6), fine-tuned from chapter 3's; book: a first guess
     # what is measured, by the chapters and the benchmark alike (ldm_core.evaluate)
     samples: int  # generated images per FID / accuracy (chapters 2, 3 and 5, and their benchmark keys)
     sweep_samples: int  # per setting of chapter 4's sweeps (and the benchmark's sampler keys)
@@ -150,7 +164,8 @@ class Budget:
 # Why each number: smoke keeps `make test` within minutes (every chapter in well under a minute on 2 cores); book is
 # what 2 CPU cores train while a reader reads, every chapter within 5 minutes (chapter 5 within 8) with the recipe
 # the study of quality per CPU-second chose (`python -m ldm_core.bench --study`, chapter 2); full is a first
-# guess for one GPU, not yet run (no GPU was lent when it was written), opt-in through LDM_BUDGET=full.
+# guess for one GPU, not yet run (no GPU was lent when it was written), opt-in through LDM_BUDGET=full; its
+# class-conditional steps were not lowered with the warm start (the book's were, measured), for want of a GPU run.
 BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
     Budget(
         name="smoke",
@@ -158,7 +173,7 @@ BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
         autoencoder=AutoencoderRecipe(config=AutoencoderConfig.tiny(), steps=150, batch_size=32),
         unet=UNetConfig.tiny(),
         steps_unconditional=80, steps_conditional=80, batch_size=32, lr=2e-3, warmup_steps=10, ema_decay=0.9,
-        text_steps=80, text_lr=2e-3, text_canvases=1000,
+        text_steps=80, text_lr=2e-3, text_canvases=1000, inpaint_steps=80,
         samples=30, sweep_samples=30, kid_subset=30, bootstrap=10, study_steps=80,
         claims=False, min_psnr=0.0, min_classifier_accuracy=0.3, min_cond_accuracy=0.0, min_both_correct=0.0,
     ),
@@ -168,7 +183,7 @@ BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
         autoencoder=AutoencoderRecipe(config=AutoencoderConfig(), steps=400, batch_size=32),
         unet=UNetConfig(channels=32),
         steps_unconditional=1000, steps_conditional=1500, batch_size=64, lr=4e-3, warmup_steps=100, ema_decay=0.995,
-        text_steps=1000, text_lr=1e-3, text_canvases=8000,
+        text_steps=1000, text_lr=1e-3, text_canvases=8000, inpaint_steps=600,
         samples=200, sweep_samples=100, kid_subset=100, bootstrap=50, study_steps=1000,
         claims=True, min_psnr=22.0, min_classifier_accuracy=0.97, min_cond_accuracy=0.98, min_both_correct=0.95,
     ),
@@ -179,7 +194,7 @@ BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
                                       batch_size=128),
         unet=UNetConfig(channels=128, channel_mult=(1, 2, 2)),
         steps_unconditional=20000, steps_conditional=20000, batch_size=256, lr=2e-4, warmup_steps=500, ema_decay=0.999,
-        text_steps=30000, text_lr=2e-4, text_canvases=20000,
+        text_steps=30000, text_lr=2e-4, text_canvases=20000, inpaint_steps=10000,
         samples=1000, sweep_samples=500, kid_subset=500, bootstrap=50, study_steps=10000,
         claims=True, min_psnr=24.0, min_classifier_accuracy=0.98, min_cond_accuracy=0.9, min_both_correct=0.8,
     ),
@@ -241,7 +256,8 @@ def diffusion_recipe(budget: str | None, conditional: bool, space: str = "kl_f4"
     and in ``kl_f4`` starts from the unconditional model (``warm_start``: every weight but the cross-attention's).
     Outside ``kl_f4`` the number of training steps is chosen for *equal training compute*: the kl_f4 recipe's
     steps times the ratio of FLOPs per step (:func:`ldm_core.train.training_flops`), so that every space gets
-    the same budget of arithmetic (and, on one machine, about the same wall-clock time).
+    the same budget of arithmetic (and, on one machine, about the same wall-clock time). (A conditional recipe
+    outside ``kl_f4`` starts from scratch: its compute matches the kl_f4 recipe's own steps, not its warm start's.)
 
     Raises:
         TypeError: if conditional is not a bool.
@@ -285,6 +301,17 @@ def text_recipe(budget: str | None = None) -> TextDiffusionRecipe:
     row = budget_table(budget)
     base = diffusion_recipe(row.name, conditional=True)
     unet = dataclasses.replace(base.unet, d_context=4 * base.unet.channels)
-    return TextDiffusionRecipe(diffusion=dataclasses.replace(base, steps=row.text_steps, lr=row.text_lr, unet=unet),
-                               warm_start=base,
+    return TextDiffusionRecipe(diffusion=dataclasses.replace(base, steps=row.text_steps, lr=row.text_lr, unet=unet,
+                                                             warm_start=base),
                                canvases=row.text_canvases)
+
+
+def inpainting_recipe(budget: str | None = None) -> InpaintingRecipe:
+    """The inpainting recipe (chapter 6): the class-conditional recipe, its UNet reading the latent's c channels of
+    the masked image and one of the mask besides z_t (``concat_channels`` = c + 1), fine-tuned for the budget
+    table's ``inpaint_steps`` from the class-conditional model (``warm_start``), condition dropout kept so that
+    guidance still works."""
+    row = budget_table(budget)
+    base = diffusion_recipe(row.name, conditional=True)
+    unet = dataclasses.replace(base.unet, concat_channels=base.unet.in_channels + 1)
+    return InpaintingRecipe(diffusion=dataclasses.replace(base, unet=unet, steps=row.inpaint_steps, warm_start=base))

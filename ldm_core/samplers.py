@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from .checks import check_finite, check_int
-from .schedules import predict_x0_from_eps, randn_like
+from .schedules import predict_x0_from_eps, q_sample, randn_like
 
 Model = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
 Callback = Callable[[dict], None]
@@ -66,6 +66,15 @@ def _alpha_bar_pair(alpha_bar: torch.Tensor, t: int, t_prev: int) -> tuple[float
     return float(alpha_bar[t]), (float(alpha_bar[t_prev]) if t_prev >= 0 else 1.0)
 
 
+def _replace_known(z: torch.Tensor, t: torch.Tensor, known: tuple, alpha_bar: torch.Tensor,
+                   generator: torch.Generator | None) -> torch.Tensor:
+    """Inpainting without training, "blended" latents (the reference code's DDIM ``mask`` and ``x0``; Avrahami
+    et al. 2023): where ``keep`` is 1, z_t is replaced by the known latent z0_known noised to t,
+    sqrt(alpha_bar_t) z0_known + sqrt(1 - alpha_bar_t) eps, so that the model only generates the rest."""
+    z0_known, keep = known
+    return keep * q_sample(z0_known, t, randn_like(z, generator), alpha_bar) + (1 - keep) * z
+
+
 def _pairs(timesteps: torch.Tensor) -> list[tuple[int, int]]:
     """Consecutive pairs (t, t_prev) of the sequence, the last paired with -1 (clean data)."""
     ts = [int(t) for t in timesteps]
@@ -76,7 +85,8 @@ def _pairs(timesteps: torch.Tensor) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def ddpm_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, timesteps: torch.Tensor, cond=None,
-                generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, callback: Callback | None = None,
+                known: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Ancestral sampling from the DDPM posterior q(z_{t_prev} | z_t, x0_hat) (DDPM Eq. 6-7, Algorithm 2). Taught
     in chapter 4.
 
@@ -95,6 +105,8 @@ def ddpm_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
         generator: randomness of the ancestral noise.
         callback: called after each step with dict(step, t, z_t, x0_hat, t_prev, z_prev): the state at t, the
             prediction of the clean latent made from it, and the state the step produced at t_prev.
+        known: (z0_known, keep) for inpainting without training: before each step, where ``keep`` (broadcast to
+            z, 1 = known) is 1, z_t is replaced by z0_known noised to t (chapter 6's "blended" baseline).
 
     Returns:
         z_0 samples, shape of ``noise``.
@@ -103,6 +115,8 @@ def ddpm_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
     for step, (t, t_prev) in enumerate(_pairs(timesteps)):
         a, a_prev = _alpha_bar_pair(alpha_bar, t, t_prev)
         t_batch = torch.full((z.shape[0],), t, dtype=torch.int64, device=z.device)
+        if known is not None:
+            z = _replace_known(z, t_batch, known, alpha_bar, generator)
         eps = model(z, t_batch, cond)
         x0_hat = predict_x0_from_eps(z, t_batch, eps, alpha_bar)
         beta = 1 - a / a_prev
@@ -119,8 +133,8 @@ def ddpm_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
 
 @torch.no_grad()
 def ddim_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, timesteps: torch.Tensor, cond=None,
-                eta: float = 0.0, generator: torch.Generator | None = None,
-                callback: Callback | None = None) -> torch.Tensor:
+                eta: float = 0.0, generator: torch.Generator | None = None, callback: Callback | None = None,
+                known: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021, Eq. 12 with sigma from Eq. 16). Taught in chapter 4.
 
     For each pair (t, t_prev), with a = alpha_bar_t and a' = alpha_bar_{t_prev}:
@@ -129,7 +143,7 @@ def ddim_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
     eta = 0 is deterministic; eta = 1 has the DDPM posterior variance.
 
     Args:
-        model, noise, alpha_bar, cond, generator, callback: as in :func:`ddpm_sample`.
+        model, noise, alpha_bar, cond, generator, callback, known: as in :func:`ddpm_sample`.
         timesteps: strictly decreasing int64 (n,), e.g. ``make_timesteps(T, 50)``.
         eta: in [0, 1].
 
@@ -141,6 +155,8 @@ def ddim_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
     for step, (t, t_prev) in enumerate(_pairs(timesteps)):
         a, a_prev = _alpha_bar_pair(alpha_bar, t, t_prev)
         t_batch = torch.full((z.shape[0],), t, dtype=torch.int64, device=z.device)
+        if known is not None:
+            z = _replace_known(z, t_batch, known, alpha_bar, generator)
         eps = model(z, t_batch, cond)
         x0_hat = predict_x0_from_eps(z, t_batch, eps, alpha_bar)
         sigma = eta * ((1 - a_prev) / (1 - a)) ** 0.5 * (1 - a / a_prev) ** 0.5

@@ -8,6 +8,7 @@ every ResBlock at the lowest resolution, on the way down and up, and the middle 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -228,16 +229,19 @@ def widen_input(unet: UNet, extra_channels: int) -> UNet:
         extra_channels: >= 1 new input channels, appended after the existing ones.
 
     Returns:
-        a new UNet with ``concat_channels`` increased by extra_channels, on unet's device.
+        a new UNet with ``concat_channels`` increased by extra_channels, with unet's device, dtype and train/eval
+        mode (no random numbers are drawn).
 
     Raises:
         TypeError, ValueError: if extra_channels is not an integer >= 1.
     """
     check_int("extra_channels", extra_channels, 1)
-    config = dataclasses.replace(unet.config, concat_channels=unet.config.concat_channels + extra_channels)
-    wide = UNet(config).to(next(unet.parameters()).device)
-    state = unet.state_dict()
-    weight = state["conv_in.weight"]  # (out, in, 3, 3)
-    state["conv_in.weight"] = torch.cat([weight, weight.new_zeros(weight.shape[0], extra_channels, *weight.shape[2:])], 1)
-    wide.load_state_dict(state)
+    wide = copy.deepcopy(unet)
+    wide.config = dataclasses.replace(unet.config, concat_channels=unet.config.concat_channels + extra_channels)
+    old = unet.conv_in  # weight (out, in, 3, 3)
+    wide.conv_in = nn.utils.skip_init(nn.Conv2d, old.in_channels + extra_channels, old.out_channels, 3, padding=1,
+                                      device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        wide.conv_in.weight.zero_()[:, :old.in_channels] = old.weight
+        wide.conv_in.bias.copy_(old.bias)
     return wide

@@ -71,10 +71,17 @@ def test_masks_are_holes_of_the_kind_asked_for_and_repeat_with_the_seed():
     assert (hole_fraction(masks["half"]) == 0.5).all()
     # boxes: at most three 16x16 boxes, at least one 4x4 box
     assert ((hole_fraction(masks["boxes"]) >= 16 / 1024) & (hole_fraction(masks["boxes"]) <= 3 * 256 / 1024)).all()
+    assert hole_fraction(masks["boxes"]).max() > 0.15 and hole_fraction(masks["boxes"]).min() < 0.05, "sizes vary"
     strokes = hole_fraction(masks["strokes"])
     assert (strokes > 0).all() and (strokes < 0.6).all() and strokes.std() > 0.01, "thin, and of varied size"
     with pytest.raises(ValueError, match="kind must be one of"):
         random_masks(2, "circles")
+    from ldm_core.inpainting import mask_bank
+    bank = mask_bank(5, {"strokes": 0.3, "boxes": 0.3, "half": 0.3, "whole": 0.1})
+    assert bank.shape == (5, 1, 32, 32)
+    assert sorted(hole_fraction(bank).tolist()).count(0.5) == 1, "largest remainders: 5 x (.3, .3, .3, .1) -> 2, 2, 1, 0 masks, five in all"
+    with pytest.raises(ValueError, match="fractions summing to 1"):
+        mask_bank(5, {"strokes": 0.5})
 
 
 def test_the_masked_image_zeroes_the_hole_and_keeps_the_rest():
@@ -98,10 +105,13 @@ def test_sampling_passes_the_spatial_condition_through_guidance():
     a, b = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
     for scale in (1.0, 3.0):
         x_a = ldm.sample(labels, steps=4, guidance_scale=scale, noise=noise, concat=a)
-        assert torch.equal(x_a, ldm.sample(labels, steps=4, guidance_scale=scale, noise=noise, concat=a))
         assert not torch.allclose(x_a, ldm.sample(labels, steps=4, guidance_scale=scale, noise=noise, concat=b))
-    with pytest.raises(ValueError, match="concat must be"):
-        ldm.sample(labels, steps=4, noise=noise)
+        for i in range(2):  # each example is paired with its own condition, in both halves of guidance's batch
+            alone = ldm.sample(labels[i:i + 1], steps=4, guidance_scale=scale, noise=noise[i:i + 1], concat=a[i:i + 1])
+            torch.testing.assert_close(alone[0], x_a[i], rtol=0, atol=1e-5)
+    for bad in (None, a[:1], a[:, :2]):
+        with pytest.raises(ValueError, match=r"concat must be \(B, concat_channels, h, w\) = \(2, 3, 8, 8\)"):
+            ldm.sample(labels, steps=4, noise=noise, concat=bad)
 
 
 def test_training_feeds_the_spatial_condition_made_from_each_batch():
@@ -127,3 +137,28 @@ def test_training_feeds_the_spatial_condition_made_from_each_batch():
                                 to_concat=(lambda x_b, generator: x_b) if concat_channels else None)
         losses[concat_channels] = sum(history["loss"][-20:]) / 20
     assert losses[1] < 0.5 * losses[0], losses
+
+
+
+def test_blended_sampling_keeps_the_known_latent_and_changes_nothing_where_nothing_is_known():
+    from ldm_core.samplers import ddim_sample, ddpm_sample, make_timesteps
+
+    alpha_bar = alpha_bar_from_betas(linear_beta_schedule(1000)).float()
+    z0 = torch.randn(3, 2, 4, 4)
+
+    def oracle(z_t, t, cond):  # the exact noise, for a model that knows the clean latent is z0
+        a = alpha_bar[t].view(-1, 1, 1, 1)
+        return (z_t - a.sqrt() * z0) / (1 - a).sqrt()
+
+    def learned(z_t, t, cond):  # any other model
+        return 0.5 * z_t
+
+    noise, timesteps = torch.randn(3, 2, 4, 4), make_timesteps(1000, 20)
+    everything = (z0, torch.ones(1, 1, 4, 4))
+    for sample in (ddim_sample, lambda *a, **k: ddpm_sample(*a, **k)):
+        out = sample(oracle, noise, alpha_bar, timesteps, known=everything, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(out, z0, rtol=0, atol=1e-4)
+    nothing = (z0, torch.zeros(1, 1, 4, 4))
+    plain = ddim_sample(learned, noise, alpha_bar, timesteps)
+    assert torch.equal(ddim_sample(learned, noise, alpha_bar, timesteps, known=nothing,
+                                   generator=torch.Generator().manual_seed(0)), plain)

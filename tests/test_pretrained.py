@@ -122,7 +122,7 @@ def test_cache_key_changes_with_the_recipe():
     assert a != b and a.parent == b.parent == cache_dir()
 
 
-def test_latent_diffusion_reuses_the_autoencoder_and_samples():
+def test_latent_models_reuse_the_autoencoder_start_from_each_other_and_sample():
     ae = pretrained.autoencoder()
     ldm, artifact = pretrained.latent_diffusion(conditional=True)
     assert not artifact.from_cache
@@ -139,6 +139,24 @@ def test_latent_diffusion_reuses_the_autoencoder_and_samples():
     assert torch.equal(x, again)
     with pytest.raises(ValueError, match="give labels for a conditional denoiser"):
         ldm.sample(n=3)
+    # the inpainting model starts from this one (in this test: its models are already trained once)
+    from ldm_core.data import load_mnist
+    from ldm_core.inpainting import inpaint, random_masks
+
+    inpainting, inpainting_artifact = pretrained.inpainting_diffusion()
+    recipe = recipes.inpainting_recipe()
+    assert recipe.diffusion.warm_start == recipes.diffusion_recipe(None, True)
+    assert inpainting.denoiser.unet.config.concat_channels == recipe.diffusion.unet.in_channels + 1
+    # widened from the trained conditional model, its first loss is near the end of that run, not a fresh model's
+    assert inpainting_artifact.history["loss"][0] < 0.8 * source.history["loss"][0]
+    x, y = load_mnist("test")
+    x, y = x[:6], y[:6]
+    mask = random_masks(6, "boxes", generator=torch.Generator().manual_seed(0))
+    out = inpaint(inpainting, x, mask, y, steps=5, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    known = mask.expand_as(x) == 0
+    assert out["x"].shape == x.shape and torch.isfinite(out["raw"]).all()
+    assert torch.equal(out["x"][known], x[known]), "the known pixels are pasted back"
+    assert out["seam"].shape == (6,) and ((out["seam"] >= 0) & (out["seam"] <= 2)).all()
 
 
 def test_warm_start_copies_what_matches_and_leaves_the_rest():
@@ -166,5 +184,5 @@ def test_the_class_conditional_model_starts_from_the_unconditional_recipe():
 
 def test_the_text_model_starts_from_the_class_conditional_recipe():
     recipe = recipes.text_recipe("smoke")
-    assert recipe.warm_start == recipes.diffusion_recipe("smoke", conditional=True)
+    assert recipe.diffusion.warm_start == recipes.diffusion_recipe("smoke", conditional=True)
     assert recipe.diffusion.lr == recipes.budget_table("smoke").text_lr
