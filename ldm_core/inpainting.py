@@ -1,8 +1,8 @@
 """Masks for inpainting, and how a mask reaches the latent grid (chapter 6; paper Sec. 4.5).
 
 A mask is a float tensor (B, 1, H, W) of 0 and 1, where **1 marks the hole**, the pixels to be generated, and 0
-the known pixels, as in LaMa (Suvorov et al. 2022), whose masks the paper's inpainting model was trained and
-evaluated with (paper Sec. 4.5 and Appendix E.2.2). The inpainting model sees the masked image (holes set to 0,
+the known pixels, as in LaMa (Suvorov et al. 2022), whose protocol the paper's inpainting experiments follow
+(paper Sec. 4.5). The inpainting model sees the masked image (holes set to 0,
 the middle of [-1, 1]) through the autoencoder, and the mask itself on the latent grid.
 """
 
@@ -21,8 +21,8 @@ MASK_KINDS = ("strokes", "boxes", "half", "whole")
 
 
 def random_masks(n: int, kind: str, size: int = 32, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Hole masks in the spirit of LaMa's training masks (random thick strokes and boxes; Suvorov et al. 2022,
-    Sec. 3.3), drawn for the book's 32x32 digits. Sizes below are for size 32 and scale with ``size``:
+    """Hole masks in the spirit of LaMa's training masks (random thick strokes and boxes; Suvorov et al. 2022),
+    drawn for the book's 32x32 digits. Sizes below are for size 32 and scale with ``size``:
 
     - ``"strokes"``: 1 to 4 polylines of 1 to 4 segments, each up to 3 to 12 pixels long (shorter where it meets
       the border) and 1 to 4 pixels thick;
@@ -168,8 +168,9 @@ def mask_bank(n: int, mix: dict[str, float], size: int = 32, seed: int = 0) -> t
             abs(sum(mix.values()) - 1) > 1e-6:
         raise ValueError(f"mix must map kinds of {MASK_KINDS} to fractions summing to 1, got {mix}")
     generator = torch.Generator().manual_seed(seed)
-    counts = [math.floor(n * p) for p in mix.values()]  # then the largest remainders get the rest
-    for i in sorted(range(len(counts)), key=lambda i: n * list(mix.values())[i] - counts[i], reverse=True)[:n - sum(counts)]:
+    shares = [n * p for p in mix.values()]
+    counts = [math.floor(share) for share in shares]  # then the largest remainders get the rest
+    for i in sorted(range(len(counts)), key=lambda i: shares[i] - counts[i], reverse=True)[:n - sum(counts)]:
         counts[i] += 1
     masks = torch.cat([random_masks(k, kind, size, generator) for kind, k in zip(mix, counts) if k > 0])
     return masks[torch.randperm(n, generator=generator)]

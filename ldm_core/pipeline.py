@@ -88,7 +88,7 @@ class LatentDiffusion:
             noise: the starting latents z_T (B, c, h, w); drawn from ``generator`` when None.
             concat: the spatial condition of a UNet with ``concat_channels`` (B, concat_channels, h, w), at the
                 latent's resolution; it is the same in guidance's conditional and unconditional predictions.
-            known: (z0_known, keep), scaled latents (B, c, h, w) and a mask broadcastable to them (1 = known), for
+            known: (z0_known, keep), scaled latents (B, c, h, w) and a mask that broadcasts to them (1 = known), for
                 inpainting without training: passed to the sampler (chapter 6's "blended" baseline).
             callback: passed to the sampler.
 
@@ -99,8 +99,8 @@ class LatentDiffusion:
             TypeError: for labels that are not a tensor, or steps or n that are not integers.
             ValueError: for an unknown sampler, labels/n that do not match the denoiser, the null label (ask for
                 unconditional samples with guidance_scale=0), steps outside [1, T], eta outside [0, 1], a guidance
-                scale that is negative, NaN or infinite, noise of the wrong shape, or a concat that is missing,
-                unexpected or of the wrong shape.
+                scale that is negative, NaN or infinite, noise of the wrong shape, a concat that is missing,
+                unexpected or of the wrong shape, or a known pair of the wrong shapes.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -126,12 +126,14 @@ class LatentDiffusion:
             raise ValueError(f"noise must be (B, c, h, w) = {(batch, *self.latent_shape)}, got {tuple(noise.shape)}")
         noise = noise.to(self.device)
         model, cond = self.eps, None
-        concat_channels = self.denoiser.unet.config.concat_channels
-        if (concat is None) != (concat_channels == 0) or (
-                concat is not None and tuple(concat.shape) != (batch, concat_channels, *self.latent_shape[1:])):
-            raise ValueError(f"concat must be (B, concat_channels, h, w) = {(batch, concat_channels, *self.latent_shape[1:])}"
-                             f" for this denoiser (None when it has 0 concat_channels), got "
-                             f"{None if concat is None else tuple(concat.shape)}")
+        expected = (batch, self.denoiser.unet.config.concat_channels, *self.latent_shape[1:])
+        if (concat is None) != (expected[1] == 0) or (concat is not None and tuple(concat.shape) != expected):
+            raise ValueError(f"concat must be (B, concat_channels, h, w) = {expected} for this denoiser (None when it "
+                             f"has 0 concat_channels), got {None if concat is None else tuple(concat.shape)}")
+        if known is not None and (len(known) != 2 or tuple(known[0].shape) != (batch, *self.latent_shape) or
+                                  torch.broadcast_shapes(known[1].shape, known[0].shape) != known[0].shape):
+            raise ValueError(f"known must be (z0_known, keep): latents {(batch, *self.latent_shape)} and a mask that "
+                             f"broadcasts to them")
         if concat is not None:  # guidance stacks [z_t; z_t]: the spatial condition is stacked with it
             concat = concat.to(self.device)
             model = lambda z_t, t, c: self.eps(z_t, t, c, torch.cat([concat] * (len(z_t) // batch)))

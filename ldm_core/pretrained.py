@@ -218,7 +218,8 @@ def text_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact
 
 
 def inpainting_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact]:
-    """The inpainting LDM (for chapter 6) at ``budget`` (default :func:`~ldm_core.budget.get_budget`) (paper Sec. 4.5): the class-conditional model, its first convolution widened
+    """The inpainting LDM (for chapter 6; paper Sec. 4.5) at ``budget`` (default
+    :func:`~ldm_core.budget.get_budget`): the class-conditional model, its first convolution widened
     (:func:`~ldm_core.unet.widen_input`) to read the masked image's latent and the latent mask beside z_t
     (:func:`~ldm_core.inpainting.inpainting_condition`), fine-tuned on the training digits with masks drawn from the
     recipe's bank, one per example and step; labels still dropped 10% of the time, so guidance works. The

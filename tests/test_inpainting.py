@@ -79,7 +79,8 @@ def test_masks_are_holes_of_the_kind_asked_for_and_repeat_with_the_seed():
     from ldm_core.inpainting import mask_bank
     bank = mask_bank(5, {"strokes": 0.3, "boxes": 0.3, "half": 0.3, "whole": 0.1})
     assert bank.shape == (5, 1, 32, 32)
-    assert sorted(hole_fraction(bank).tolist()).count(0.5) == 1, "largest remainders: 5 x (.3, .3, .3, .1) -> 2, 2, 1, 0 masks, five in all"
+    # largest remainders: 5 x (.3, .3, .3, .1) -> 2, 2, 1, 0 masks, five in all
+    assert sorted(hole_fraction(bank).tolist()).count(0.5) == 1
     with pytest.raises(ValueError, match="fractions summing to 1"):
         mask_bank(5, {"strokes": 0.5})
 
@@ -112,6 +113,8 @@ def test_sampling_passes_the_spatial_condition_through_guidance():
     for bad in (None, a[:1], a[:, :2]):
         with pytest.raises(ValueError, match=r"concat must be \(B, concat_channels, h, w\) = \(2, 3, 8, 8\)"):
             ldm.sample(labels, steps=4, noise=noise, concat=bad)
+    with pytest.raises(ValueError, match="known must be"):  # latents of one image for a batch of two
+        ldm.sample(labels, steps=4, noise=noise, concat=a, known=(torch.zeros(1, 2, 8, 8), torch.ones(1, 1, 8, 8)))
 
 
 def test_training_feeds_the_spatial_condition_made_from_each_batch():
