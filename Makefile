@@ -42,8 +42,7 @@ $(CHROMIUM):
 # 2. the book, built from those executed chapters (the sources copied to $(SMOKE)/src, execution off: one execution
 #    of every chapter, not two) as `make book` builds it (warnings are errors, sliders pre-rendered);
 # 3. the unit tests, the benchmark's test (from a copy of those models) and the browser test over every page of
-#    that build (tests/browser), two test files at a time with one thread each (test_bench.py, the longest file,
-#    takes about as long as all the others).
+#    that build (tests/browser), one at a time (two at a time with one thread each was no faster on a fresh clone).
 SMOKE_ENV := LDM_BUDGET=smoke LDM_SMOKE_CACHE=$(CURDIR)/$(SMOKE)/cache TQDM_DISABLE=1 LDM_STATIC_HTML=1
 test: $(STAMP) $(CHROMIUM)
 	rm -rf $(SMOKE)
@@ -54,8 +53,8 @@ test: $(STAMP) $(CHROMIUM)
 	sed -i 's/^  execute_notebooks: force .*/  execute_notebooks: "off"  # make test: executed under nbval/' $(SMOKE)/src/_config.yml
 	grep -q 'execute_notebooks: "off"' $(SMOKE)/src/_config.yml
 	$(SMOKE_ENV) $(BIN)/jupyter-book build $(SMOKE)/src --warningiserror --nitpick --keep-going
-	$(SMOKE_ENV) LDM_BOOK_HTML=$(CURDIR)/$(SMOKE)/src/_build/html LDM_CHROMIUM=$(CHROMIUM) OMP_NUM_THREADS=1 \
-		$(BIN)/python -m pytest -n 2 --dist loadfile tests
+	$(SMOKE_ENV) LDM_BOOK_HTML=$(CURDIR)/$(SMOKE)/src/_build/html LDM_CHROMIUM=$(CHROMIUM) \
+		$(BIN)/python -m pytest tests
 
 clean:
 	rm -rf _build
