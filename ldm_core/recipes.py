@@ -170,7 +170,7 @@ BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
     Budget(
         name="smoke",
         classifier=ClassifierRecipe(width=8, steps=150, batch_size=32),
-        autoencoder=AutoencoderRecipe(config=AutoencoderConfig.tiny(), steps=150, batch_size=32),
+        autoencoder=AutoencoderRecipe(config=AutoencoderConfig.tiny(), steps=80, batch_size=32),
         unet=UNetConfig.tiny(),
         steps_unconditional=80, steps_conditional=80, batch_size=32, lr=2e-3, warmup_steps=10, ema_decay=0.9,
         text_steps=80, text_lr=2e-3, text_canvases=1000, inpaint_steps=80,
