@@ -35,7 +35,8 @@ import torch.nn as nn
 from . import __version__, pretrained
 from .budget import BUDGETS, get_device
 from .cache import cache_dir, check_writable, write_text_atomic
-from .evaluate import Judge, measure_captions, measure_samples
+from .evaluate import (INPAINTING_METHODS, Judge, completion_diversity, inpainting_inputs, inpainting_table,
+                       measure_captions, measure_samples)
 from .metrics import reconstruction_scores
 from .recipes import Budget, DiffusionRecipe, autoencoder_study, budget_table, diffusion_recipe
 from .train import diffusion_loss
@@ -172,6 +173,27 @@ def measure_text(row: Budget, judge: Judge) -> dict:
     return result
 
 
+def measure_inpainting(row: Budget, judge: Judge) -> dict:
+    """Chapter 6: every inpainting method on ``samples`` test digits per mask kind, with and without the label
+    (:func:`~ldm_core.evaluate.inpainting_table`), and the diversity of 8 completions of ``samples`` / 8 half-masked
+    digits (:func:`~ldm_core.evaluate.completion_diversity`)."""
+    conditional, _ = pretrained.latent_diffusion(row.name, conditional=True)
+    inpainting, _ = pretrained.inpainting_diffusion(row.name)
+    models = {"concat": inpainting, "blended": conditional, "repaint": conditional}
+    numbers = ("accuracy", "hole_mse", "seam", "fid", "fid_se")
+    table = inpainting_table(models, judge, row.samples)
+    result = {kind: {method: {flag: {key: m[key] for key in numbers} for flag, m in by_flag.items()}
+                     for method, by_flag in by_method.items()} for kind, by_method in table.items()}
+    result["hole_fraction"] = {kind: by_method["concat"]["with_label"]["hole"] for kind, by_method in table.items()}
+    result["fid_floor"] = next(iter(table.values()))["concat"]["with_label"]["fid_floor"]
+    x, labels, mask = inpainting_inputs(max(row.samples // 8, 1), "half", seed=5)
+    result["diversity_half"] = {method: {key: value for key, value in completion_diversity(
+        models[method], judge, x, labels, mask, k=8, **settings).items() if key != "x"}
+        for method, settings in INPAINTING_METHODS.items()}
+    result["samples"] = row.samples
+    return result
+
+
 def measure(budget: str, result: dict, save: Callable[[dict], None] = lambda result: None) -> dict:
     """Every model-quality and cost number of the benchmark, from the cached models of ``budget``, added to
     ``result`` part by part, calling ``save(result)`` after each part (so a failure later keeps the earlier ones)."""
@@ -185,7 +207,8 @@ def measure(budget: str, result: dict, save: Callable[[dict], None] = lambda res
     parts = [("autoencoder", lambda: measure_autoencoders(row, judge)),
              ("ldm", lambda: {**measure_unconditional(row, judge), **measure_conditional(row, judge),
                               "samples": row.samples, "sweep_samples": row.sweep_samples}),
-             ("text2img", lambda: measure_text(row, judge))]
+             ("text2img", lambda: measure_text(row, judge)),
+             ("inpaint", lambda: measure_inpainting(row, judge))]
     save(result)
     for key, measure_part in parts:
         result[key] = measure_part()

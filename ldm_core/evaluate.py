@@ -9,6 +9,8 @@ same arguments, so they are the same number (the benchmark, :mod:`ldm_core.bench
 - :func:`measure_samples`: a generated set's FID (with its bootstrap standard error), KID and, for class labels,
   the conditional accuracy.
 - :func:`measure_captions`: chapter 5's both-digits-correct for seen or held-out pairs.
+- :func:`inpainting_table` (:func:`inpainting_inputs`, :func:`measure_inpainting`) and
+  :func:`completion_diversity`: chapter 6's completions, by each method of :data:`INPAINTING_METHODS`.
 - :func:`attention_maps` and :func:`share_on_half`: where a caption's words are read on the canvas.
 """
 
@@ -22,7 +24,8 @@ import torch.nn as nn
 from .attention import capture_cross_attention
 from .checks import check_images, check_int
 from .data import load_mnist, random_captions
-from .metrics import accuracy, both_digits_correct, features, fid, fid_bootstrap_se, kid
+from .inpainting import MASK_KINDS, hole_fraction, inpaint, random_masks
+from .metrics import accuracy, both_digits_correct, features, fid, fid_bootstrap_se, kid, predict
 from .pipeline import LatentDiffusion
 
 
@@ -172,3 +175,106 @@ def share_on_half(mass: torch.Tensor, side: int) -> float:
         raise ValueError(f"need a map (h, w) and side 0 or 1, got {tuple(mass.shape)} and {side}")
     half = mass.shape[-1] // 2
     return ((mass[:, :half] if side == 0 else mass[:, half:]).sum() / mass.sum()).item()
+
+
+def inpainting_inputs(n: int, kind: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inputs of every inpainting measurement: n test digits drawn without replacement (the test split is
+    sorted by class; these are the judge's own reference digits, so the completions' FID is read against the FID of
+    the same n digits uncorrupted: :func:`measure_inpainting`'s ``fid_floor``) and n masks of ``kind``
+    (:func:`~ldm_core.inpainting.random_masks`), both from one generator seeded ``seed``.
+
+    Returns:
+        (x (n, 1, 32, 32) in [-1, 1], labels (n,) int64, masks (n, 1, 32, 32), 1 in the hole).
+
+    Raises:
+        TypeError, ValueError: for an n that is not an integer in [1, 1000], or an unknown kind.
+    """
+    x_test, y_test = load_mnist("test")
+    check_int("n", n, 1, len(x_test))
+    generator = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(x_test), generator=generator)[:n]
+    return x_test[pick], y_test[pick], random_masks(n, kind, x_test.shape[-1], generator)
+
+
+def measure_inpainting(ldm: LatentDiffusion, judge: Judge, x: torch.Tensor, labels: torch.Tensor,
+                       mask: torch.Tensor, *, with_label: bool, seed: int = 0, batch_size: int = 100,
+                       **sample_kwargs) -> dict:
+    """Complete x's holes (:func:`~ldm_core.inpainting.inpaint`: the inpainting model, or the blended / RePaint
+    baselines on a model that never saw a mask) and measure the completions.
+
+    Args:
+        ldm, x, labels, mask: as :func:`~ldm_core.inpainting.inpaint`'s; labels are the true digits.
+        with_label: sample with the true label (classifier-free guidance scale ``guidance_scale``, default 1), or
+            without it (scale 0: only the known pixels say which digit to complete).
+        seed: of the one generator all batches draw from. sample_kwargs: passed to ``ldm.sample``.
+
+    Returns:
+        dict(x=completions (N, 1, 32, 32), accuracy=fraction the judge labels as the true digit, hole_mse=mean squared
+        error against the original inside the holes (per pixel, in [-1, 1] units), seam=mean of inpaint's seam,
+        fid, fid_se, kid of the completions, fid_floor=FID of the originals, hole=mean hole fraction, per_s=
+        completions per second).
+
+    Raises:
+        ValueError: if with_label is False and a guidance_scale is given, or as ``inpaint``.
+    """
+    if not with_label:
+        if "guidance_scale" in sample_kwargs:
+            raise ValueError("without the label the guidance scale is 0: do not pass guidance_scale")
+        sample_kwargs["guidance_scale"] = 0.0
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    parts = [inpaint(ldm, xb, mb, yb, generator=generator, **sample_kwargs)
+             for xb, yb, mb in zip(x.split(batch_size), labels.split(batch_size), mask.split(batch_size))]
+    per_s = len(x) / (time.perf_counter() - start)
+    completed = torch.cat([part["x"] for part in parts])
+    hole = mask.cpu()
+    hole_mse = (((completed - x.cpu()) ** 2) * hole).sum() / (hole.sum() * x.shape[1]).clamp(min=1)
+    return dict(x=completed, accuracy=judge.accuracy(completed, labels), hole_mse=hole_mse.item(),
+                seam=torch.cat([part["seam"] for part in parts]).mean().item(), fid_floor=judge.scores(x)["fid"],
+                hole=hole_fraction(hole).mean().item(), per_s=per_s, **judge.scores(completed))
+
+
+# Chapter 6's three ways to fill a hole and the sampler settings every measurement of them uses (the chapter's and
+# the benchmark's): the inpainting model (concatenation), and blended latents and RePaint on chapter 3's model, each
+# with about 50 UNet evaluations per sample (RePaint: 10 steps, each but the last taken 5 times, 5 * 9 + 1 = 46).
+INPAINTING_METHODS = {"concat": dict(steps=50), "blended": dict(steps=50), "repaint": dict(steps=10, resample=5)}
+
+
+def inpainting_table(models: dict[str, LatentDiffusion], judge: Judge, n: int, kinds=MASK_KINDS,
+                     seed: int = 0) -> dict:
+    """Every method of :data:`INPAINTING_METHODS` on the same n inputs per mask kind (:func:`inpainting_inputs`),
+    with and without the label (:func:`measure_inpainting`).
+
+    Args:
+        models: the model of each method: the inpainting model for ``"concat"``, chapter 3's for the others.
+        kinds: mask kinds, in order of hole size.
+
+    Returns:
+        {kind: {method: {"with_label": measurement, "without_label": measurement}}}.
+    """
+    table = {}
+    for kind in kinds:
+        x, labels, mask = inpainting_inputs(n, kind, seed)
+        table[kind] = {method: {f"with{'' if flag else 'out'}_label": measure_inpainting(
+            models[method], judge, x, labels, mask, with_label=flag, seed=seed, **settings) for flag in (True, False)}
+            for method, settings in INPAINTING_METHODS.items()}
+    return table
+
+
+def completion_diversity(ldm: LatentDiffusion, judge: Judge, x: torch.Tensor, labels: torch.Tensor,
+                         mask: torch.Tensor, k: int = 8, seed: int = 0, **sample_kwargs) -> dict:
+    """How many different digits k completions of the same input give, without the label (guidance 0): for each
+    of the N inputs, k completions from different noise, labelled by the judge.
+
+    Returns:
+        dict(distinct=mean number of distinct digits per input, in [1, k], right=mean fraction of the k that are
+        the true digit, x=the completions (N, k, 1, 32, 32)).
+    """
+    k = check_int("k", k, 1)
+    n = len(x)
+    out = measure_inpainting(ldm, judge, x.repeat_interleave(k, 0), labels.repeat_interleave(k, 0),
+                             mask.repeat_interleave(k, 0), with_label=False, seed=seed, **sample_kwargs)
+    predicted = predict(judge.classifier, out["x"]).cpu().view(n, k)
+    distinct = torch.tensor([float(len(row.unique())) for row in predicted]).mean().item()
+    return dict(distinct=distinct, right=(predicted == labels.view(n, 1)).float().mean().item(),
+                x=out["x"].view(n, k, *x.shape[1:]))

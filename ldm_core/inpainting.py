@@ -177,24 +177,40 @@ def mask_bank(n: int, mix: dict[str, float], size: int = 32, seed: int = 0) -> t
 
 
 def inpaint(ldm, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, **sample_kwargs) -> dict:
-    """Fill the holes of x with an inpainting LDM (:func:`ldm_core.pretrained.inpainting_diffusion`): sample with
-    :func:`inpainting_condition`, decode, and paste the known pixels back.
+    """Fill the holes of x with a class-conditional LDM, decode, and paste the known pixels back.
+
+    Two kinds of model, told apart by their UNet:
+
+    - an inpainting model (:func:`ldm_core.pretrained.inpainting_diffusion`, a UNet with ``concat_channels``):
+      it reads :func:`inpainting_condition` beside z_t, the paper's way (Sec. 4.5);
+    - a model that never saw a mask (chapter 3's): training-free, "blended" latents, the known latent cells (no
+      pixel of theirs in the hole) replaced at every step by the masked image's latent noised to t
+      (:func:`~ldm_core.samplers.ddim_sample`'s ``known``); with ``resample=U`` in ``sample_kwargs``, RePaint's
+      resampling on top (Lugmayr et al. 2022).
 
     Args:
-        ldm: a :class:`~ldm_core.pipeline.LatentDiffusion` whose UNet reads c + 1 concatenated channels.
+        ldm: a :class:`~ldm_core.pipeline.LatentDiffusion` with a class-conditional denoiser.
         x: images (B, C, H, W) in [-1, 1]; mask: (B, 1, H, W), 1 in the hole.
-        labels: class labels (B,) int64 (the inpainting model is class-conditional; with ``guidance_scale=0`` the
-            labels are ignored and the completion is unconditional).
-        sample_kwargs: passed to ``ldm.sample`` (steps, guidance_scale, generator, noise, ...).
+        labels: class labels (B,) int64; with ``guidance_scale=0`` the labels are ignored and the completion is
+            unconditional: the known pixels alone say which digit it is.
+        sample_kwargs: passed to ``ldm.sample`` (steps, guidance_scale, generator, noise, resample, ...).
 
     Returns:
         dict(x=the completions (B, C, H, W) on the CPU, known pixels pasted back; raw=the decoded samples before the
         paste, clamped to [-1, 1]; seam=(B,) mean absolute error of raw on the known pixels, in [0, 2]: what the
         paste hides).
+
+    Raises:
+        ValueError: if the mask does not match x, or as ``ldm.sample``.
     """
     device = ldm.device
-    concat = inpainting_condition(ldm.autoencoder, x.to(device), mask.to(device))
-    raw = ldm.sample(labels, concat=concat, **sample_kwargs).clamp(-1, 1)
+    x_dev, mask_dev = x.to(device), mask.to(device)
+    if ldm.denoiser.unet.config.concat_channels:
+        raw = ldm.sample(labels, concat=inpainting_condition(ldm.autoencoder, x_dev, mask_dev), **sample_kwargs)
+    else:
+        keep = 1 - latent_mask(mask_dev, ldm.autoencoder.config.f)
+        raw = ldm.sample(labels, known=(ldm.encode(masked_image(x_dev, mask_dev)), keep), **sample_kwargs)
+    raw = raw.clamp(-1, 1)
     x, mask = x.cpu(), mask.cpu()
     known = 1 - mask
     seam = ((raw - x).abs() * known).flatten(1).sum(1) / (known.flatten(1).sum(1) * x.shape[1]).clamp(min=1)

@@ -73,7 +73,7 @@ class LatentDiffusion:
                steps: int = 50, eta: float = 0.0, guidance_scale: float = 1.0,
                generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                concat: torch.Tensor | None = None, known: tuple[torch.Tensor, torch.Tensor] | None = None,
-               callback=None) -> torch.Tensor:
+               resample: int = 1, callback=None) -> torch.Tensor:
         """Draw images: noise z_T -> sampler -> z_0 -> decoder.
 
         Args:
@@ -90,15 +90,16 @@ class LatentDiffusion:
                 latent's resolution; it is the same in guidance's conditional and unconditional predictions.
             known: (z0_known, keep), scaled latents (B, c, h, w) and a mask that broadcasts to them (1 = known), for
                 inpainting without training: passed to the sampler (chapter 6's "blended" baseline).
+            resample: RePaint's U >= 1, passed to the sampler with ``known`` (chapter 6's resampling baseline).
             callback: passed to the sampler.
 
         Returns:
             images (B, C, H, W), roughly in [-1, 1], on the CPU.
 
         Raises:
-            TypeError: for labels that are not a tensor, or steps or n that are not integers.
+            TypeError: for labels that are not a tensor, or steps, n or resample that are not integers.
             ValueError: for an unknown sampler, labels/n that do not match the denoiser, the null label (ask for
-                unconditional samples with guidance_scale=0), steps outside [1, T], eta outside [0, 1], a guidance
+                unconditional samples with guidance_scale=0), steps outside [1, T], resample below 1, eta outside [0, 1], a guidance
                 scale that is negative, NaN or infinite, noise of the wrong shape, a concat that is missing,
                 unexpected or of the wrong shape, or a known pair of the wrong shapes.
         """
@@ -107,6 +108,7 @@ class LatentDiffusion:
         check_int("steps", steps, 1, self.T)
         check_finite("eta", eta, 0.0, 1.0)
         check_finite("guidance_scale", guidance_scale, low=0.0)
+        check_int("resample", resample, 1)
         conditional = self.denoiser.conditioner is not None
         if conditional == (labels is None) or (labels is None) == (n is None):
             raise ValueError("give labels for a conditional denoiser, or n for an unconditional one")
@@ -145,8 +147,8 @@ class LatentDiffusion:
         timesteps = make_timesteps(self.T, steps)
         if sampler == "ddpm":
             z0 = ddpm_sample(model, noise, self.alpha_bar, timesteps, cond, generator=generator, callback=callback,
-                             known=known)
+                             known=known, resample=resample)
         else:
             z0 = ddim_sample(model, noise, self.alpha_bar, timesteps, cond, eta=eta, generator=generator,
-                             callback=callback, known=known)
+                             callback=callback, known=known, resample=resample)
         return self.decode(z0).cpu()

@@ -75,6 +75,13 @@ def _replace_known(z: torch.Tensor, t: torch.Tensor, known: tuple, alpha_bar: to
     return keep * q_sample(z0_known, t, randn_like(z, generator), alpha_bar) + (1 - keep) * z
 
 
+def _jump_back(z_prev: torch.Tensor, a: float, a_prev: float, generator: torch.Generator | None) -> torch.Tensor:
+    """RePaint's resampling jump (Lugmayr et al. 2022, Algorithm 1): from z_{t_prev} back to a fresh
+    z_t ~ q(z_t | z_{t_prev}) = N(sqrt(a / a') z_{t_prev}, (1 - a / a') I), so that the step from t is taken again
+    and the generated region can agree with the known one it was just given."""
+    return (a / a_prev) ** 0.5 * z_prev + (1 - a / a_prev) ** 0.5 * randn_like(z_prev, generator)
+
+
 def _pairs(timesteps: torch.Tensor) -> list[tuple[int, int]]:
     """Consecutive pairs (t, t_prev) of the sequence, the last paired with -1 (clean data)."""
     ts = [int(t) for t in timesteps]
@@ -86,7 +93,7 @@ def _pairs(timesteps: torch.Tensor) -> list[tuple[int, int]]:
 @torch.no_grad()
 def ddpm_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, timesteps: torch.Tensor, cond=None,
                 generator: torch.Generator | None = None, callback: Callback | None = None,
-                known: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                known: tuple[torch.Tensor, torch.Tensor] | None = None, resample: int = 1) -> torch.Tensor:
     """Ancestral sampling from the DDPM posterior q(z_{t_prev} | z_t, x0_hat) (DDPM Eq. 6-7, Algorithm 2). Taught
     in chapter 4.
 
@@ -107,24 +114,31 @@ def ddpm_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
             prediction of the clean latent made from it, and the state the step produced at t_prev.
         known: (z0_known, keep) for inpainting without training: before each step, where ``keep`` (broadcast to
             z, 1 = known) is 1, z_t is replaced by z0_known noised to t (chapter 6's "blended" baseline).
+        resample: U >= 1, RePaint's resampling (Lugmayr et al. 2022, Algorithm 1): every step but the last is
+            taken U times, each time after jumping back from z_{t_prev} to a fresh z_t ~ q(z_t | z_{t_prev});
+            U times the model calls. 1: no resampling. The callback sees the last of the U.
 
     Returns:
         z_0 samples, shape of ``noise``.
     """
+    resample = check_int("resample", resample, 1)
     z = noise
     for step, (t, t_prev) in enumerate(_pairs(timesteps)):
         a, a_prev = _alpha_bar_pair(alpha_bar, t, t_prev)
         t_batch = torch.full((z.shape[0],), t, dtype=torch.int64, device=z.device)
-        if known is not None:
-            z = _replace_known(z, t_batch, known, alpha_bar, generator)
-        eps = model(z, t_batch, cond)
-        x0_hat = predict_x0_from_eps(z, t_batch, eps, alpha_bar)
-        beta = 1 - a / a_prev
-        mean = (a_prev**0.5 * beta / (1 - a)) * x0_hat + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a)) * z
-        var = (1 - a_prev) / (1 - a) * beta
-        z_prev = mean
-        if t_prev >= 0:
-            z_prev = z_prev + var**0.5 * randn_like(z, generator)
+        for repeat in range(resample if t_prev >= 0 else 1):
+            if repeat:
+                z = _jump_back(z_prev, a, a_prev, generator)
+            if known is not None:
+                z = _replace_known(z, t_batch, known, alpha_bar, generator)
+            eps = model(z, t_batch, cond)
+            x0_hat = predict_x0_from_eps(z, t_batch, eps, alpha_bar)
+            beta = 1 - a / a_prev
+            mean = (a_prev**0.5 * beta / (1 - a)) * x0_hat + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a)) * z
+            var = (1 - a_prev) / (1 - a) * beta
+            z_prev = mean
+            if t_prev >= 0:
+                z_prev = z_prev + var**0.5 * randn_like(z, generator)
         if callback is not None:
             callback(dict(step=step, t=t, z_t=z, x0_hat=x0_hat, t_prev=t_prev, z_prev=z_prev))
         z = z_prev
@@ -134,7 +148,7 @@ def ddpm_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
 @torch.no_grad()
 def ddim_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, timesteps: torch.Tensor, cond=None,
                 eta: float = 0.0, generator: torch.Generator | None = None, callback: Callback | None = None,
-                known: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                known: tuple[torch.Tensor, torch.Tensor] | None = None, resample: int = 1) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021, Eq. 12 with sigma from Eq. 16). Taught in chapter 4.
 
     For each pair (t, t_prev), with a = alpha_bar_t and a' = alpha_bar_{t_prev}:
@@ -143,7 +157,7 @@ def ddim_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
     eta = 0 is deterministic; eta = 1 has the DDPM posterior variance.
 
     Args:
-        model, noise, alpha_bar, cond, generator, callback, known: as in :func:`ddpm_sample`.
+        model, noise, alpha_bar, cond, generator, callback, known, resample: as in :func:`ddpm_sample`.
         timesteps: strictly decreasing int64 (n,), e.g. ``make_timesteps(T, 50)``.
         eta: in [0, 1].
 
@@ -151,18 +165,22 @@ def ddim_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
         z_0 samples, shape of ``noise``.
     """
     eta = check_finite("eta", eta, 0.0, 1.0)  # above 1, sigma^2 can exceed 1 - alpha_bar_t_prev
+    resample = check_int("resample", resample, 1)
     z = noise
     for step, (t, t_prev) in enumerate(_pairs(timesteps)):
         a, a_prev = _alpha_bar_pair(alpha_bar, t, t_prev)
         t_batch = torch.full((z.shape[0],), t, dtype=torch.int64, device=z.device)
-        if known is not None:
-            z = _replace_known(z, t_batch, known, alpha_bar, generator)
-        eps = model(z, t_batch, cond)
-        x0_hat = predict_x0_from_eps(z, t_batch, eps, alpha_bar)
-        sigma = eta * ((1 - a_prev) / (1 - a)) ** 0.5 * (1 - a / a_prev) ** 0.5
-        z_prev = a_prev**0.5 * x0_hat + (1 - a_prev - sigma**2) ** 0.5 * eps
-        if sigma > 0:
-            z_prev = z_prev + sigma * randn_like(z, generator)
+        for repeat in range(resample if t_prev >= 0 else 1):
+            if repeat:
+                z = _jump_back(z_prev, a, a_prev, generator)
+            if known is not None:
+                z = _replace_known(z, t_batch, known, alpha_bar, generator)
+            eps = model(z, t_batch, cond)
+            x0_hat = predict_x0_from_eps(z, t_batch, eps, alpha_bar)
+            sigma = eta * ((1 - a_prev) / (1 - a)) ** 0.5 * (1 - a / a_prev) ** 0.5
+            z_prev = a_prev**0.5 * x0_hat + (1 - a_prev - sigma**2) ** 0.5 * eps
+            if sigma > 0:
+                z_prev = z_prev + sigma * randn_like(z, generator)
         if callback is not None:
             callback(dict(step=step, t=t, z_t=z, x0_hat=x0_hat, t_prev=t_prev, z_prev=z_prev))
         z = z_prev
@@ -176,7 +194,7 @@ def classifier_free_guidance(model: Model, guidance_scale: float, null_cond: Cal
     GLIDE code: s = 1 is the plain conditional model (w = 0).
 
     Both predictions come from one batched call on [z_t; z_t] with conditions [cond; null]. Scale 1 returns
-    the conditional prediction, scale 0 the unconditional one.
+    the conditional prediction, scale 0 the unconditional one (from one call on z_t with the null condition).
 
     Args:
         model: ``model(z_t, t, cond)`` where ``cond`` is a tensor with the batch on dim 0 (labels or tokens).
@@ -190,6 +208,8 @@ def classifier_free_guidance(model: Model, guidance_scale: float, null_cond: Cal
         ValueError: if guidance_scale is not a finite number >= 0.
     """
     guidance_scale = check_finite("guidance_scale", guidance_scale, low=0.0)  # NaN or inf: NaN images
+    if guidance_scale == 0:  # eps_u exactly, at half the cost: the conditional half would be multiplied by 0
+        return lambda z_t, t, cond: model(z_t, t, null_cond(z_t.shape[0]))
 
     def guided(z_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         B = z_t.shape[0]

@@ -3,9 +3,11 @@ import os
 import shutil
 
 from ldm_core.bench import main
+from ldm_core.recipes import budget_table
 
 KEYS = {"budget", "device", "torch_version", "peak_rss_mb", "chapter_seconds", "classifier_test_accuracy",
-        "fid_floor_train_vs_test", "fid_floor_train_vs_test_se", "fid_floor_sweep_samples", "autoencoder", "ldm", "text2img"}
+        "fid_floor_train_vs_test", "fid_floor_train_vs_test_se", "fid_floor_sweep_samples", "autoencoder", "ldm", "text2img",
+        "inpaint"}
 AUTOENCODERS = {"kl_f1", "kl_f2", "kl_f4", "kl_f8", "vq_f4", "kl_f4_perceptual", "kl_f4_perceptual_adversarial"}
 SCORES = {"psnr", "ssim", "rfid"}
 LDM_KEYS = {"fid", "kid", "cond_accuracy_guidance_1", "cond_accuracy_guidance_3", "fid_ddim_50", "fid_ddpm_1000",
@@ -31,6 +33,14 @@ def test_bench_writes_every_documented_key(tmp_path):
     assert LDM_KEYS <= set(result["ldm"])
     assert {"both_correct_seen", "both_correct_heldout"} <= set(result["text2img"])
     assert 0 <= result["classifier_test_accuracy"] <= 1
+    inpainting = result["inpaint"]
+    for kind in ("strokes", "boxes", "half", "whole"):
+        assert set(inpainting[kind]) == {"concat", "blended", "repaint"}
+        assert all(set(flags) == {"with_label", "without_label"} and
+                   all({"accuracy", "hole_mse", "seam", "fid", "fid_se"} <= set(m) for m in flags.values())
+                   for flags in inpainting[kind].values())
+    assert inpainting["hole_fraction"]["whole"] == 1.0 and inpainting["samples"] == budget_table("smoke").samples
+    assert all(1 <= d["distinct"] <= 8 and 0 <= d["right"] <= 1 for d in inpainting["diversity_half"].values())
     # the cost claim the book makes: a step on 4x8x8 latents is cheaper than on 1x32x32 pixels
     assert result["ldm"]["train_ms_per_step_pixel"] > result["ldm"]["train_ms_per_step_latent_f4"]
 

@@ -152,6 +152,10 @@ def test_the_cache_trains_once_and_latent_models_reuse_it_start_from_each_other_
     assert out["x"].shape == x.shape and torch.isfinite(out["raw"]).all()
     assert torch.equal(out["x"][known], x[known]), "the known pixels are pasted back"
     assert out["seam"].shape == (6,) and ((out["seam"] >= 0) & (out["seam"] <= 2)).all()
+    # the training-free baselines on the model that never saw a mask: the same contract
+    for extra in ({}, {"resample": 3}):
+        base = inpaint(ldm, x, mask, y, steps=5, generator=torch.Generator().manual_seed(0), **extra)
+        assert torch.equal(base["x"][known], x[known]) and torch.isfinite(base["raw"]).all()
 
 
 def test_warm_start_copies_what_matches_and_leaves_the_rest():
