@@ -15,8 +15,10 @@ One concept a module (the book's architecture; each module names the chapter tha
 - :mod:`ldm_core.samplers`: DDPM and DDIM as pure functions over an explicit timestep sequence.
 - :mod:`ldm_core.train`: the one training loop (EMA, checkpoint and resume) and the diffusion objective.
 - :mod:`ldm_core.pipeline`: the LDM as a whole: encode, sample, decode.
-- :mod:`ldm_core.inpainting`: hole masks, the mask on the latent grid, and the inpainting model's condition
-  (chapter 6, in progress).
+- :mod:`ldm_core.inpainting`: hole masks, the mask on the latent grid, the inpainting model's condition and
+  completions (chapter 6).
+- :mod:`ldm_core.superres`: downsampling and other degradations, and super-resolution by the LDM and by the
+  regression baseline (chapter 7).
 - :mod:`ldm_core.metrics`: PSNR, SSIM, the domain classifier, FID and KID in its feature space.
 - :mod:`ldm_core.viz`: image grids, plots, sliders (live and static).
 - :mod:`ldm_core.budget`: the active budget (``LDM_BUDGET``) and the device.
@@ -27,4 +29,4 @@ One concept a module (the book's architecture; each module names the chapter tha
 - :mod:`ldm_core.bench`: the benchmark, ``python -m ldm_core.bench``.
 """
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"

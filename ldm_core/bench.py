@@ -35,8 +35,8 @@ import torch.nn as nn
 from . import __version__, pretrained
 from .budget import BUDGETS, get_device
 from .cache import cache_dir, check_writable, write_text_atomic
-from .evaluate import (INPAINTING_METHODS, Judge, completion_diversity, inpainting_inputs, inpainting_table,
-                       measure_captions, measure_samples)
+from .evaluate import (INPAINTING_METHODS, SUPERRES_METHODS, Judge, completion_diversity, inpainting_inputs,
+                       inpainting_table, measure_captions, measure_samples, superres_table)
 from .metrics import reconstruction_scores
 from .recipes import Budget, DiffusionRecipe, autoencoder_study, budget_table, diffusion_recipe
 from .train import diffusion_loss
@@ -194,6 +194,18 @@ def measure_inpainting(row: Budget, judge: Judge) -> dict:
     return result
 
 
+def measure_superres(row: Budget, judge: Judge) -> dict:
+    """Chapter 7: bicubic, regression and diffusion from 8x8 to 32x32 on ``samples`` test digits, for inputs made
+    by each degradation (:func:`~ldm_core.evaluate.superres_table`)."""
+    models = {"regression": pretrained.superres_regression(row.name)[0],
+              "diffusion": pretrained.superres_diffusion(row.name)[0]}
+    numbers = ("psnr", "ssim", "fid", "fid_se", "accuracy", "consistency")
+    table = superres_table(models, judge, row.samples)
+    result = {kind: {method: {key: by_method[method][key] for key in numbers} for method in SUPERRES_METHODS}
+              for kind, by_method in table.items()}
+    return {**result, "samples": row.samples}
+
+
 def measure(budget: str, result: dict, save: Callable[[dict], None] = lambda result: None) -> dict:
     """Every model-quality and cost number of the benchmark, from the cached models of ``budget``, added to
     ``result`` part by part, calling ``save(result)`` after each part (so a failure later keeps the earlier ones)."""
@@ -208,7 +220,8 @@ def measure(budget: str, result: dict, save: Callable[[dict], None] = lambda res
              ("ldm", lambda: {**measure_unconditional(row, judge), **measure_conditional(row, judge),
                               "samples": row.samples, "sweep_samples": row.sweep_samples}),
              ("text2img", lambda: measure_text(row, judge)),
-             ("inpaint", lambda: measure_inpainting(row, judge))]
+             ("inpaint", lambda: measure_inpainting(row, judge)),
+             ("superres", lambda: measure_superres(row, judge))]
     save(result)
     for key, measure_part in parts:
         result[key] = measure_part()

@@ -11,6 +11,7 @@ same arguments, so they are the same number (the benchmark, :mod:`ldm_core.bench
 - :func:`measure_captions`: chapter 5's both-digits-correct for seen or held-out pairs.
 - :func:`inpainting_table` (:func:`inpainting_inputs`, :func:`measure_inpainting`) and
   :func:`completion_diversity`: chapter 6's completions, by each method of :data:`INPAINTING_METHODS`.
+- :func:`superres_table` (:func:`measure_superres`): chapter 7's super-resolution against its baselines.
 - :func:`attention_maps` and :func:`share_on_half`: where a caption's words are read on the canvas.
 """
 
@@ -25,7 +26,9 @@ from .attention import capture_cross_attention
 from .checks import check_images, check_int
 from .data import load_mnist, random_captions
 from .inpainting import MASK_KINDS, hole_fraction, inpaint, random_masks
-from .metrics import accuracy, both_digits_correct, features, fid, fid_bootstrap_se, kid, predict
+from .superres import DEGRADATIONS, degrade, downsample, regress, super_resolve, upsample_bicubic
+from .metrics import (accuracy, both_digits_correct, features, fid, fid_bootstrap_se, kid, predict,
+                      reconstruction_scores)
 from .pipeline import LatentDiffusion
 
 
@@ -189,11 +192,18 @@ def inpainting_inputs(n: int, kind: str, seed: int = 0) -> tuple[torch.Tensor, t
     Raises:
         TypeError, ValueError: for an n that is not an integer in [1, 1000], or an unknown kind.
     """
+    generator = torch.Generator().manual_seed(seed)
+    x, labels = test_digits(n, generator)
+    return x, labels, random_masks(n, kind, x.shape[-1], generator)
+
+
+def test_digits(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n test digits drawn without replacement with ``generator`` (the test split is sorted by class):
+    (x (n, 1, 32, 32) in [-1, 1], labels (n,) int64)."""
     x_test, y_test = load_mnist("test")
     check_int("n", n, 1, len(x_test))
-    generator = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(x_test), generator=generator)[:n]
-    return x_test[pick], y_test[pick], random_masks(n, kind, x_test.shape[-1], generator)
+    return x_test[pick], y_test[pick]
 
 
 def measure_inpainting(ldm: LatentDiffusion, judge: Judge, x: torch.Tensor, labels: torch.Tensor,
@@ -278,3 +288,47 @@ def completion_diversity(ldm: LatentDiffusion, judge: Judge, x: torch.Tensor, la
     distinct = torch.tensor([float(len(row.unique())) for row in predicted]).mean().item()
     return dict(distinct=distinct, right=(predicted == labels.view(n, 1)).float().mean().item(),
                 x=out["x"].view(n, k, *x.shape[1:]))
+
+
+SUPERRES_METHODS = ("bicubic", "regression", "diffusion")  # chapter 7's ways from 8x8 to 32x32
+
+
+def measure_superres(x_hat: torch.Tensor, x: torch.Tensor, low: torch.Tensor, labels: torch.Tensor,
+                     judge: Judge, factor: int = 4) -> dict:
+    """How good super-resolved images x_hat are, against the originals x and the low-resolution inputs low.
+
+    Returns:
+        dict(psnr (dB) and ssim against x on [0, 1] images, fid, fid_se, kid against the test digits, accuracy=the
+        fraction the judge labels as ``labels``, consistency=mean squared error between x_hat downsampled and low,
+        in [-1, 1] units: does the output explain its input?).
+    """
+    scores = reconstruction_scores(x_hat, x, judge.classifier)
+    consistency = ((downsample(x_hat, factor) - low.cpu()) ** 2).mean().item()
+    return dict(psnr=scores["psnr"], ssim=scores["ssim"], accuracy=judge.accuracy(x_hat, labels),
+                consistency=consistency, **judge.scores(x_hat))
+
+
+def superres_table(models: dict[str, LatentDiffusion], judge: Judge, n: int, degradations=DEGRADATIONS,
+                   seed: int = 0, steps: int = 50) -> dict:
+    """Every method of :data:`SUPERRES_METHODS` on the same n test digits (:func:`test_digits`), degraded each way
+    of ``degradations`` (:func:`~ldm_core.superres.degrade`; the models were trained on ``"bicubic"`` only).
+
+    Args:
+        models: ``{"regression": ..., "diffusion": ...}``, the two trained models of chapter 7.
+        steps: DDIM steps of the diffusion model's samples.
+
+    Returns:
+        {degradation: {method: :func:`measure_superres`'s dict plus ``x``, the outputs}}, and ``"low"``: the inputs.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    x, labels = test_digits(n, generator)
+    table = {}
+    for kind in degradations:
+        low = degrade(x, kind, generator=torch.Generator().manual_seed(seed + 1))
+        outputs = {"bicubic": upsample_bicubic(low), "regression": regress(models["regression"], low),
+                   "diffusion": torch.cat([super_resolve(models["diffusion"], chunk, steps=steps, generator=generator)
+                                           for chunk in low.split(100)])}
+        table[kind] = {method: dict(x=out, **measure_superres(out, x, low, labels, judge))
+                       for method, out in outputs.items()}
+        table[kind]["low"] = low
+    return table

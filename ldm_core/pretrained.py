@@ -22,8 +22,9 @@ from .losses import PatchDiscriminator, PerceptualLoss, autoencoder_loss, digit_
 from .metrics import DigitClassifier, random_shift
 from .pipeline import LatentDiffusion
 from .recipes import (AutoencoderRecipe, ClassifierRecipe, DiffusionRecipe, budget_table, diffusion_recipe,
-                      inpainting_recipe, text_recipe)
+                      inpainting_recipe, superres_recipe, text_recipe)
 from .schedules import rng_device
+from .superres import downsample, regression_timestep
 from .train import Batches, fit_diffusion, train
 from .unet import Denoiser, UNet, widen_input
 
@@ -254,3 +255,72 @@ def inpainting_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Ar
 
     artifact = load_or_train("inpainting-ldm", recipe, lambda: build_denoiser(d), fit, device)
     return LatentDiffusion(first_stage, artifact.model, d.alpha_bar().to(device), prediction=d.prediction), artifact
+
+
+def _superres(kind: str, budget: str | None) -> tuple[LatentDiffusion, Artifact]:
+    """Chapter 7's models, ``kind`` ``"superres-ldm"`` or ``"superres-regression"``: chapter 2's unconditional
+    model with its first convolution widened to read the low-resolution image, fine-tuned by the recipe."""
+    recipe = superres_recipe(budget)
+    d = recipe.diffusion
+    device = get_device()
+    first_stage = autoencoder(recipe=d.autoencoder).model.to(device)
+
+    def fit(model: Denoiser, checkpoint: Checkpoint) -> dict:
+        source = _latent_diffusion(d.warm_start)[0].denoiser  # (a resumed run then loads its checkpoint over it)
+        skipped = warm_start(model, Denoiser(widen_input(source.unet, d.unet.concat_channels), None))
+        if skipped:
+            raise ValueError(f"the super-resolution model must start from every weight of its source; not copied: "
+                             f"{skipped}")
+        x, y = load_mnist("train")
+        if kind == "superres-ldm":
+            return fit_diffusion(model, first_stage, x, y, d, desc="super-resolution diffusion", checkpoint=checkpoint,
+                                 to_concat=lambda x_batch, generator: downsample(x_batch, recipe.factor))
+        # the regression baseline: the UNet's output at z_t = 0 and t = T - 1 is the latent itself, MSE to the
+        # posterior mean of the image's latent (scaled), with the same optimiser, schedule, EMA and batches
+        x = x.to(device)
+        with torch.no_grad():
+            z0 = torch.cat([first_stage.scale_factor * first_stage.encode(chunk).mean for chunk in x.split(500)])
+        batches = Batches(z0, x, batch_size=d.batch_size, seed=d.seed)
+        t = torch.full((d.batch_size,), regression_timestep(d.T), dtype=torch.int64, device=device)
+
+        def loss_fn(step: int) -> torch.Tensor:
+            z0_b, x_b = batches(step)
+            low = downsample(x_b, recipe.factor)
+            return torch.nn.functional.mse_loss(model(torch.zeros_like(z0_b), t, None, low), z0_b)
+
+        return train(model, loss_fn, steps=d.steps, lr=d.lr, desc="super-resolution regression",
+                     ema_decay=d.ema_decay, ema_warmup=d.ema_warmup, warmup_steps=d.warmup_steps,
+                     lr_decay=d.lr_decay, checkpoint=checkpoint)
+
+    artifact = load_or_train(kind, recipe, lambda: build_denoiser(d), fit, device)
+    return LatentDiffusion(first_stage, artifact.model, d.alpha_bar().to(device), prediction=d.prediction), artifact
+
+
+def superres_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact]:
+    """The super-resolution LDM (chapter 7; paper Sec. 4.4) at ``budget`` (default
+    :func:`~ldm_core.budget.get_budget`): chapter 2's unconditional model, its first convolution widened to read the
+    8x8 low-resolution image beside z_t (:func:`~ldm_core.superres.downsample` of each training digit), fine-tuned
+    with chapter 2's objective. Chapter 2's model is trained first if it is not cached.
+
+    Returns:
+        (pipeline, artifact); sample with :func:`~ldm_core.superres.super_resolve`.
+
+    Raises:
+        ValueError: for an unknown budget.
+    """
+    return _superres("superres-ldm", budget)
+
+
+def superres_regression(budget: str | None = None) -> tuple[LatentDiffusion, Artifact]:
+    """The regression baseline of chapter 7 (the paper's "image regression", Tab. 5): the same widened UNet, from
+    the same start, trained for as many steps to output the scaled latent of the high-resolution image directly
+    (mean squared error), from z_t = 0 at t = T - 1 and the low-resolution image.
+
+    Returns:
+        (pipeline, artifact): the pipeline holds the UNet and the decoder; use it with
+        :func:`~ldm_core.superres.regress` (its ``sample`` would treat the regressor as a denoiser).
+
+    Raises:
+        ValueError: for an unknown budget.
+    """
+    return _superres("superres-regression", budget)

@@ -129,6 +129,21 @@ class InpaintingRecipe:
 
 
 @dataclass(frozen=True)
+class SuperResolutionRecipe:
+    # the unconditional recipe with the UNet reading the low-resolution image beside z_t (concat_channels = the
+    # image's channels), started from chapter 2's unconditional model with its first convolution widened; the
+    # regression baseline trains the same UNet, from the same start, for as many steps
+    diffusion: DiffusionRecipe
+    factor: int = 4  # high / low resolution: the autoencoder's f, so the low-resolution image lies on the latent grid
+
+    def __post_init__(self):
+        f = self.diffusion.autoencoder.config.f
+        if self.factor != f:
+            raise ValueError(f"factor must be the autoencoder's f = {f} (the image then lies on the latent grid), "
+                             f"got {self.factor}")
+
+
+@dataclass(frozen=True)
 class Budget:
     """One row of the budget table: every number that differs between smoke, book and full."""
 
@@ -146,7 +161,8 @@ class Budget:
     text_steps: int  # chapter 5's text-to-image model: two digits and their order are more to learn
     text_lr: float  # its peak learning rate: tau_theta's transformer does not take the UNet's
     text_canvases: int
-    inpaint_steps: int  # the inpainting model (for chapter 6), fine-tuned from chapter 3's; book: a first guess
+    inpaint_steps: int  # chapter 6's inpainting model, fine-tuned from chapter 3's
+    superres_steps: int  # chapter 7's super-resolution model and its regression baseline, from chapter 2's model
     # what is measured, by the chapters and the benchmark alike (ldm_core.evaluate)
     samples: int  # generated images per FID / accuracy (chapters 2, 3 and 5, and their benchmark keys)
     sweep_samples: int  # per setting of chapter 4's sweeps (and the benchmark's sampler keys)
@@ -173,7 +189,7 @@ BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
         autoencoder=AutoencoderRecipe(config=AutoencoderConfig.tiny(), steps=80, batch_size=32),
         unet=UNetConfig.tiny(),
         steps_unconditional=80, steps_conditional=80, batch_size=32, lr=2e-3, warmup_steps=10, ema_decay=0.9,
-        text_steps=80, text_lr=2e-3, text_canvases=1000, inpaint_steps=80,
+        text_steps=80, text_lr=2e-3, text_canvases=1000, inpaint_steps=80, superres_steps=80,
         samples=30, sweep_samples=30, kid_subset=30, bootstrap=10, study_steps=80,
         claims=False, min_psnr=0.0, min_classifier_accuracy=0.3, min_cond_accuracy=0.0, min_both_correct=0.0,
     ),
@@ -183,7 +199,7 @@ BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
         autoencoder=AutoencoderRecipe(config=AutoencoderConfig(), steps=400, batch_size=32),
         unet=UNetConfig(channels=32),
         steps_unconditional=1000, steps_conditional=1500, batch_size=64, lr=4e-3, warmup_steps=100, ema_decay=0.995,
-        text_steps=1000, text_lr=1e-3, text_canvases=8000, inpaint_steps=600,
+        text_steps=1000, text_lr=1e-3, text_canvases=8000, inpaint_steps=600, superres_steps=600,
         samples=200, sweep_samples=100, kid_subset=100, bootstrap=50, study_steps=1000,
         claims=True, min_psnr=22.0, min_classifier_accuracy=0.97, min_cond_accuracy=0.98, min_both_correct=0.95,
     ),
@@ -194,7 +210,7 @@ BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
                                       batch_size=128),
         unet=UNetConfig(channels=128, channel_mult=(1, 2, 2)),
         steps_unconditional=20000, steps_conditional=20000, batch_size=256, lr=2e-4, warmup_steps=500, ema_decay=0.999,
-        text_steps=30000, text_lr=2e-4, text_canvases=20000, inpaint_steps=10000,
+        text_steps=30000, text_lr=2e-4, text_canvases=20000, inpaint_steps=10000, superres_steps=10000,
         samples=1000, sweep_samples=500, kid_subset=500, bootstrap=50, study_steps=10000,
         claims=True, min_psnr=24.0, min_classifier_accuracy=0.98, min_cond_accuracy=0.9, min_both_correct=0.8,
     ),
@@ -315,3 +331,15 @@ def inpainting_recipe(budget: str | None = None) -> InpaintingRecipe:
     base = diffusion_recipe(row.name, conditional=True)
     unet = dataclasses.replace(base.unet, concat_channels=base.unet.in_channels + 1)
     return InpaintingRecipe(diffusion=dataclasses.replace(base, unet=unet, steps=row.inpaint_steps, warm_start=base))
+
+
+def superres_recipe(budget: str | None = None) -> SuperResolutionRecipe:
+    """The super-resolution recipe (chapter 7): the unconditional recipe, its UNet reading the low-resolution image
+    (1 channel, 8x8) beside z_t, fine-tuned for the budget table's ``superres_steps`` from chapter 2's model
+    (``warm_start``). The regression baseline (:func:`ldm_core.pretrained.superres_regression`) uses the same
+    recipe."""
+    row = budget_table(budget)
+    base = diffusion_recipe(row.name, conditional=False)
+    unet = dataclasses.replace(base.unet, concat_channels=base.autoencoder.config.in_channels)
+    return SuperResolutionRecipe(diffusion=dataclasses.replace(base, unet=unet, steps=row.superres_steps,
+                                                               warm_start=base))

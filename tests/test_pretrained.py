@@ -152,6 +152,17 @@ def test_the_cache_trains_once_and_latent_models_reuse_it_start_from_each_other_
     assert out["x"].shape == x.shape and torch.isfinite(out["raw"]).all()
     assert torch.equal(out["x"][known], x[known]), "the known pixels are pasted back"
     assert out["seam"].shape == (6,) and ((out["seam"] >= 0) & (out["seam"] <= 2)).all()
+    # chapter 7's two models start from the unconditional one, widened by the low-resolution image's channel
+    from ldm_core.superres import downsample, regress, super_resolve
+
+    for make in (pretrained.superres_diffusion, pretrained.superres_regression):
+        model, run = make()
+        assert not run.from_cache and model.denoiser.unet.config.concat_channels == 1
+        assert model.denoiser.conditioner is None
+    low = downsample(x)
+    assert pretrained.superres_diffusion()[1].history["loss"][0] < 0.8 * source.history["loss"][0]
+    assert super_resolve(pretrained.superres_diffusion()[0], low, steps=3).shape == x.shape
+    assert regress(pretrained.superres_regression()[0], low).shape == x.shape
     # the training-free baselines on the model that never saw a mask: the same contract
     for extra in ({}, {"resample": 3}):
         base = inpaint(ldm, x, mask, y, steps=5, generator=torch.Generator().manual_seed(0), **extra)

@@ -33,6 +33,7 @@ SLIDERS = {  # page -> the sliders it must have: the forward process, then the s
     "book/04_sampling.html": {"steps", "eta", "guidance"},
     "book/05_text_to_image.html": {"guidance"},
     "book/06_inpainting.html": {"rows_covered"},
+    "book/07_super_resolution.html": {"noise_std"},
 }
 # Chromium as root in a closed network: no sandbox, no GPU, none of its own background connections
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
