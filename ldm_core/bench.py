@@ -182,10 +182,11 @@ def measure_inpainting(row: Budget, judge: Judge) -> dict:
     models = {"concat": inpainting, "blended": conditional, "repaint": conditional}
     numbers = ("accuracy", "hole_mse", "seam", "fid", "fid_se")
     table = inpainting_table(models, judge, row.samples)
+    fid_floor = table.pop("fid_floor")
     result = {kind: {method: {flag: {key: m[key] for key in numbers} for flag, m in by_flag.items()}
                      for method, by_flag in by_method.items()} for kind, by_method in table.items()}
     result["hole_fraction"] = {kind: by_method["concat"]["with_label"]["hole"] for kind, by_method in table.items()}
-    result["fid_floor"] = next(iter(table.values()))["concat"]["with_label"]["fid_floor"]
+    result["fid_floor"] = fid_floor
     x, labels, mask = inpainting_inputs(max(row.samples // 8, 1), "half", seed=5)
     result["diversity_half"] = {method: {key: value for key, value in completion_diversity(
         models[method], judge, x, labels, mask, k=8, **settings).items() if key != "x"}

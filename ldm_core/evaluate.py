@@ -193,13 +193,17 @@ def inpainting_inputs(n: int, kind: str, seed: int = 0) -> tuple[torch.Tensor, t
         TypeError, ValueError: for an n that is not an integer in [1, 1000], or an unknown kind.
     """
     generator = torch.Generator().manual_seed(seed)
-    x, labels = test_digits(n, generator)
+    x, labels = random_test_digits(n, generator)
     return x, labels, random_masks(n, kind, x.shape[-1], generator)
 
 
-def test_digits(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_test_digits(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """n test digits drawn without replacement with ``generator`` (the test split is sorted by class):
-    (x (n, 1, 32, 32) in [-1, 1], labels (n,) int64)."""
+    (x (n, 1, 32, 32) in [-1, 1], labels (n,) int64).
+
+    Raises:
+        TypeError, ValueError: for an n that is not an integer in [1, 1000].
+    """
     x_test, y_test = load_mnist("test")
     check_int("n", n, 1, len(x_test))
     pick = torch.randperm(len(x_test), generator=generator)[:n]
@@ -216,13 +220,13 @@ def measure_inpainting(ldm: LatentDiffusion, judge: Judge, x: torch.Tensor, labe
         ldm, x, labels, mask: as :func:`~ldm_core.inpainting.inpaint`'s; labels are the true digits.
         with_label: sample with the true label (classifier-free guidance scale ``guidance_scale``, default 1), or
             without it (scale 0: only the known pixels say which digit to complete).
-        seed: of the one generator all batches draw from. sample_kwargs: passed to ``ldm.sample``.
+        seed: of the one generator all batches draw from. batch_size: completions per ``ldm.sample`` call.
+        sample_kwargs: passed to ``ldm.sample``.
 
     Returns:
         dict(x=completions (N, 1, 32, 32), accuracy=fraction the judge labels as the true digit, hole_mse=mean squared
-        error against the original inside the holes (per pixel, in [-1, 1] units), seam=mean of inpaint's seam,
-        fid, fid_se, kid of the completions, fid_floor=FID of the originals, hole=mean hole fraction, per_s=
-        completions per second).
+        error against the original inside the holes (per hole pixel, in [-1, 1] units), seam=mean of inpaint's seam,
+        fid, fid_se, kid of the completions, hole=mean hole fraction, per_s=completions per second).
 
     Raises:
         ValueError: if with_label is False and a guidance_scale is given, or as ``inpaint``.
@@ -240,7 +244,7 @@ def measure_inpainting(ldm: LatentDiffusion, judge: Judge, x: torch.Tensor, labe
     hole = mask.cpu()
     hole_mse = (((completed - x.cpu()) ** 2) * hole).sum() / (hole.sum() * x.shape[1]).clamp(min=1)
     return dict(x=completed, accuracy=judge.accuracy(completed, labels), hole_mse=hole_mse.item(),
-                seam=torch.cat([part["seam"] for part in parts]).mean().item(), fid_floor=judge.scores(x)["fid"],
+                seam=torch.cat([part["seam"] for part in parts]).mean().item(),
                 hole=hole_fraction(hole).mean().item(), per_s=per_s, **judge.scores(completed))
 
 
@@ -260,7 +264,8 @@ def inpainting_table(models: dict[str, LatentDiffusion], judge: Judge, n: int, k
         kinds: mask kinds, in order of hole size.
 
     Returns:
-        {kind: {method: {"with_label": measurement, "without_label": measurement}}}.
+        {kind: {method: {"with_label": measurement, "without_label": measurement}}}, and ``"fid_floor"``: the FID
+        of the n digits before masking (the same digits for every kind).
     """
     table = {}
     for kind in kinds:
@@ -268,6 +273,7 @@ def inpainting_table(models: dict[str, LatentDiffusion], judge: Judge, n: int, k
         table[kind] = {method: {f"with{'' if flag else 'out'}_label": measure_inpainting(
             models[method], judge, x, labels, mask, with_label=flag, seed=seed, **settings) for flag in (True, False)}
             for method, settings in INPAINTING_METHODS.items()}
+    table["fid_floor"] = judge.scores(x)["fid"]
     return table
 
 
@@ -275,6 +281,13 @@ def completion_diversity(ldm: LatentDiffusion, judge: Judge, x: torch.Tensor, la
                          mask: torch.Tensor, k: int = 8, seed: int = 0, **sample_kwargs) -> dict:
     """How many different digits k completions of the same input give, without the label (guidance 0): for each
     of the N inputs, k completions from different noise, labelled by the judge.
+
+    Args:
+        ldm, judge, x, labels, mask: as :func:`measure_inpainting`'s (x (N, 1, 32, 32), labels (N,), mask
+            (N, 1, 32, 32)). k: completions per input, >= 1. seed, sample_kwargs: as there.
+
+    Raises:
+        TypeError, ValueError: for a k that is not an integer >= 1, or as :func:`measure_inpainting`.
 
     Returns:
         dict(distinct=mean number of distinct digits per input, in [1, k], right=mean fraction of the k that are
@@ -297,10 +310,17 @@ def measure_superres(x_hat: torch.Tensor, x: torch.Tensor, low: torch.Tensor, la
                      judge: Judge, factor: int = 4) -> dict:
     """How good super-resolved images x_hat are, against the originals x and the low-resolution inputs low.
 
+    Args:
+        x_hat, x: images (N, 1, 32, 32) in [-1, 1]; low: the inputs (N, 1, 32 / factor, 32 / factor); labels (N,).
+
     Returns:
         dict(psnr (dB) and ssim against x on [0, 1] images, fid, fid_se, kid against the test digits, accuracy=the
-        fraction the judge labels as ``labels``, consistency=mean squared error between x_hat downsampled and low,
-        in [-1, 1] units: does the output explain its input?).
+        fraction the judge labels as ``labels``, consistency=mean squared error between x_hat bicubically
+        downsampled and low, in [-1, 1] units: does the output explain its input? Exact only for inputs made by
+        :func:`~ldm_core.superres.downsample`; for blurred or noisy ones even x itself is some way off).
+
+    Raises:
+        ValueError: if x_hat and x differ in shape, or as :func:`~ldm_core.superres.downsample`.
     """
     scores = reconstruction_scores(x_hat, x, judge.classifier)
     consistency = ((downsample(x_hat, factor) - low.cpu()) ** 2).mean().item()
@@ -310,7 +330,7 @@ def measure_superres(x_hat: torch.Tensor, x: torch.Tensor, low: torch.Tensor, la
 
 def superres_table(models: dict[str, LatentDiffusion], judge: Judge, n: int, degradations=DEGRADATIONS,
                    seed: int = 0, steps: int = 50) -> dict:
-    """Every method of :data:`SUPERRES_METHODS` on the same n test digits (:func:`test_digits`), degraded each way
+    """Every method of :data:`SUPERRES_METHODS` on the same n test digits (:func:`random_test_digits`), degraded each way
     of ``degradations`` (:func:`~ldm_core.superres.degrade`; the models were trained on ``"bicubic"`` only).
 
     Args:
@@ -318,13 +338,17 @@ def superres_table(models: dict[str, LatentDiffusion], judge: Judge, n: int, deg
         steps: DDIM steps of the diffusion model's samples.
 
     Returns:
-        {degradation: {method: :func:`measure_superres`'s dict plus ``x``, the outputs}}, and ``"low"``: the inputs.
+        {degradation: {method: :func:`measure_superres`'s dict plus ``x``, the outputs (N, 1, 32, 32), and
+        ``"low"``: that degradation's inputs (N, 1, 8, 8)}}.
+
+    Raises:
+        TypeError, ValueError: for an n that is not an integer in [1, 1000], or an unknown degradation.
     """
-    generator = torch.Generator().manual_seed(seed)
-    x, labels = test_digits(n, generator)
+    x, labels = random_test_digits(n, torch.Generator().manual_seed(seed))
     table = {}
     for kind in degradations:
         low = degrade(x, kind, generator=torch.Generator().manual_seed(seed + 1))
+        generator = torch.Generator().manual_seed(seed)  # the same noise for every degradation
         outputs = {"bicubic": upsample_bicubic(low), "regression": regress(models["regression"], low),
                    "diffusion": torch.cat([super_resolve(models["diffusion"], chunk, steps=steps, generator=generator)
                                            for chunk in low.split(100)])}

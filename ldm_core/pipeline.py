@@ -99,7 +99,7 @@ class LatentDiffusion:
         Raises:
             TypeError: for labels that are not a tensor, or steps, n or resample that are not integers.
             ValueError: for an unknown sampler, labels/n that do not match the denoiser, the null label (ask for
-                unconditional samples with guidance_scale=0), steps outside [1, T], resample below 1, eta outside [0, 1], a guidance
+                unconditional samples with guidance_scale=0), steps outside [1, T], resample below 1 (or above 1 without known), eta outside [0, 1], a guidance
                 scale that is negative, NaN or infinite, noise of the wrong shape, a concat that is missing,
                 unexpected or of the wrong shape, or a known pair of the wrong shapes.
         """
@@ -108,7 +108,8 @@ class LatentDiffusion:
         check_int("steps", steps, 1, self.T)
         check_finite("eta", eta, 0.0, 1.0)
         check_finite("guidance_scale", guidance_scale, low=0.0)
-        check_int("resample", resample, 1)
+        if check_int("resample", resample, 1) > 1 and known is None:
+            raise ValueError("resample > 1 is RePaint's resampling of a known region: give known as well")
         conditional = self.denoiser.conditioner is not None
         if conditional == (labels is None) or (labels is None) == (n is None):
             raise ValueError("give labels for a conditional denoiser, or n for an unconditional one")

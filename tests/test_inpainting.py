@@ -115,6 +115,8 @@ def test_sampling_passes_the_spatial_condition_through_guidance():
             ldm.sample(labels, steps=4, noise=noise, concat=bad)
     with pytest.raises(ValueError, match="known must be"):  # latents of one image for a batch of two
         ldm.sample(labels, steps=4, noise=noise, concat=a, known=(torch.zeros(1, 2, 8, 8), torch.ones(1, 1, 8, 8)))
+    with pytest.raises(ValueError, match="give known as well"):  # resampling without a known region: a slow no-op
+        ldm.sample(labels, steps=4, noise=noise, concat=a, resample=3)
 
 
 def test_training_feeds_the_spatial_condition_made_from_each_batch():
@@ -234,7 +236,14 @@ def test_inpainting_measurements_score_a_perfect_completion_as_the_original(monk
     monkeypatch.setattr(evaluate, "inpaint", perfect)
     m = evaluate.measure_inpainting(None, judge, x, labels, mask, with_label=False, batch_size=16)
     assert m["hole_mse"] == 0 and m["seam"] == 0 and m["hole"] == 0.5 and calls == [0.0] * 3
-    assert m["accuracy"] == judge.accuracy(x, labels) and m["fid"] == m["fid_floor"]
+    assert m["accuracy"] == judge.accuracy(x, labels) and m["fid"] == judge.scores(x)["fid"]
+
+    def off_in_the_hole(ldm, x_b, mask_b, labels_b, **kwargs):  # and anything at all outside it
+        return dict(x=x_b + 0.4 * mask_b - 0.3 * (1 - mask_b), raw=x_b, seam=torch.ones(len(x_b)))
+
+    monkeypatch.setattr(evaluate, "inpaint", off_in_the_hole)
+    m = evaluate.measure_inpainting(None, judge, x, labels, mask, with_label=True, batch_size=16)
+    assert abs(m["hole_mse"] - 0.16) < 1e-6 and m["seam"] == 1, "the error per hole pixel, the known ones ignored"
     with pytest.raises(ValueError, match="guidance scale is 0"):
         evaluate.measure_inpainting(None, judge, x, labels, mask, with_label=False, guidance_scale=3.0)
     d = evaluate.completion_diversity(None, judge, x[:5], labels[:5], mask[:5], k=4)

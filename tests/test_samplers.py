@@ -132,6 +132,11 @@ def test_classifier_free_guidance_endpoints():
     s = 3.0
     expected = model(z, t, null(4)) + s * (model(z, t, cond) - model(z, t, null(4)))
     torch.testing.assert_close(classifier_free_guidance(model, s, null)(z, t, cond), expected)
+    batches = []
+    counting = lambda z, t, cond: batches.append(len(z)) or model(z, t, cond)  # noqa: E731
+    classifier_free_guidance(counting, 0.0, null)(z, t, cond)
+    classifier_free_guidance(counting, s, null)(z, t, cond)
+    assert batches == [4, 8], "scale 0 needs only the unconditional half; other scales one call on both"
 
 
 def test_slerp_endpoints_and_norm_on_the_sphere():
