@@ -26,10 +26,10 @@ from .attention import capture_cross_attention
 from .checks import check_images, check_int
 from .data import load_mnist, random_captions
 from .inpainting import MASK_KINDS, hole_fraction, inpaint, random_masks
-from .superres import DEGRADATIONS, degrade, downsample, regress, super_resolve, upsample_bicubic
 from .metrics import (accuracy, both_digits_correct, features, fid, fid_bootstrap_se, kid, predict,
                       reconstruction_scores)
 from .pipeline import LatentDiffusion
+from .superres import DEGRADATIONS, degrade, downsample, regress, super_resolve, upsample_bicubic
 
 
 class Judge:
@@ -183,7 +183,7 @@ def share_on_half(mass: torch.Tensor, side: int) -> float:
 def inpainting_inputs(n: int, kind: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The inputs of every inpainting measurement: n test digits drawn without replacement (the test split is
     sorted by class; these are the judge's own reference digits, so the completions' FID is read against the FID of
-    the same n digits uncorrupted: :func:`measure_inpainting`'s ``fid_floor``) and n masks of ``kind``
+    the same n digits uncorrupted: :func:`inpainting_table`'s ``fid_floor``) and n masks of ``kind``
     (:func:`~ldm_core.inpainting.random_masks`), both from one generator seeded ``seed``.
 
     Returns:
@@ -231,21 +231,28 @@ def measure_inpainting(ldm: LatentDiffusion, judge: Judge, x: torch.Tensor, labe
     Raises:
         ValueError: if with_label is False and a guidance_scale is given, or as ``inpaint``.
     """
+    start = time.perf_counter()
+    completed, seam = _complete(ldm, x, labels, mask, with_label, seed, batch_size, **sample_kwargs)
+    per_s = len(x) / (time.perf_counter() - start)
+    hole = mask.cpu()
+    hole_mse = (((completed - x.cpu()) ** 2) * hole).sum() / (hole.sum() * x.shape[1]).clamp(min=1)
+    return dict(x=completed, accuracy=judge.accuracy(completed, labels), hole_mse=hole_mse.item(),
+                seam=seam.mean().item(), hole=hole_fraction(hole).mean().item(), per_s=per_s,
+                **judge.scores(completed))
+
+
+def _complete(ldm: LatentDiffusion, x: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, with_label: bool,
+              seed: int, batch_size: int, **sample_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~ldm_core.inpainting.inpaint` in batches from one generator, with the label or without it
+    (guidance 0): (completions (N, C, H, W), seams (N,))."""
     if not with_label:
         if "guidance_scale" in sample_kwargs:
             raise ValueError("without the label the guidance scale is 0: do not pass guidance_scale")
         sample_kwargs["guidance_scale"] = 0.0
     generator = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
     parts = [inpaint(ldm, xb, mb, yb, generator=generator, **sample_kwargs)
              for xb, yb, mb in zip(x.split(batch_size), labels.split(batch_size), mask.split(batch_size))]
-    per_s = len(x) / (time.perf_counter() - start)
-    completed = torch.cat([part["x"] for part in parts])
-    hole = mask.cpu()
-    hole_mse = (((completed - x.cpu()) ** 2) * hole).sum() / (hole.sum() * x.shape[1]).clamp(min=1)
-    return dict(x=completed, accuracy=judge.accuracy(completed, labels), hole_mse=hole_mse.item(),
-                seam=torch.cat([part["seam"] for part in parts]).mean().item(),
-                hole=hole_fraction(hole).mean().item(), per_s=per_s, **judge.scores(completed))
+    return torch.cat([part["x"] for part in parts]), torch.cat([part["seam"] for part in parts])
 
 
 # Chapter 6's three ways to fill a hole and the sampler settings every measurement of them uses (the chapter's and
@@ -295,12 +302,12 @@ def completion_diversity(ldm: LatentDiffusion, judge: Judge, x: torch.Tensor, la
     """
     k = check_int("k", k, 1)
     n = len(x)
-    out = measure_inpainting(ldm, judge, x.repeat_interleave(k, 0), labels.repeat_interleave(k, 0),
-                             mask.repeat_interleave(k, 0), with_label=False, seed=seed, **sample_kwargs)
-    predicted = predict(judge.classifier, out["x"]).cpu().view(n, k)
+    completed, _ = _complete(ldm, x.repeat_interleave(k, 0), labels.repeat_interleave(k, 0),
+                             mask.repeat_interleave(k, 0), False, seed, 100, **sample_kwargs)
+    predicted = predict(judge.classifier, completed).cpu().view(n, k)
     distinct = torch.tensor([float(len(row.unique())) for row in predicted]).mean().item()
     return dict(distinct=distinct, right=(predicted == labels.view(n, 1)).float().mean().item(),
-                x=out["x"].view(n, k, *x.shape[1:]))
+                x=completed.view(n, k, *x.shape[1:]))
 
 
 SUPERRES_METHODS = ("bicubic", "regression", "diffusion")  # chapter 7's ways from 8x8 to 32x32

@@ -99,9 +99,10 @@ class LatentDiffusion:
         Raises:
             TypeError: for labels that are not a tensor, or steps, n or resample that are not integers.
             ValueError: for an unknown sampler, labels/n that do not match the denoiser, the null label (ask for
-                unconditional samples with guidance_scale=0), steps outside [1, T], resample below 1 (or above 1 without known), eta outside [0, 1], a guidance
-                scale that is negative, NaN or infinite, noise of the wrong shape, a concat that is missing,
-                unexpected or of the wrong shape, or a known pair of the wrong shapes.
+                unconditional samples with guidance_scale=0), steps outside [1, T], resample below 1 (or above 1
+                without known), eta outside [0, 1], a guidance scale that is negative, NaN or infinite, noise of the
+                wrong shape, a concat that is missing, unexpected or of the wrong shape, or a known pair of the
+                wrong shapes.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")

@@ -218,6 +218,22 @@ def text_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact
                            prediction=d.prediction), artifact
 
 
+def _start_widened(model: Denoiser, recipe: DiffusionRecipe, what: str) -> None:
+    """Start ``model`` from its recipe's ``warm_start`` model (trained first if not cached) with the first
+    convolution widened (:func:`~ldm_core.unet.widen_input`) by the recipe's extra concatenated channels. A resumed
+    run then loads its checkpoint over these weights.
+
+    Raises:
+        ValueError: if any weight was not copied: the recipe changed the architecture beyond the first
+            convolution, and this would not be a fine-tune any more.
+    """
+    source = _latent_diffusion(recipe.warm_start)[0].denoiser
+    extra = recipe.unet.concat_channels - source.unet.config.concat_channels
+    skipped = warm_start(model, Denoiser(widen_input(source.unet, extra), source.conditioner))
+    if skipped:
+        raise ValueError(f"the {what} model must start from every weight of its source; not copied: {skipped}")
+
+
 def inpainting_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact]:
     """The inpainting LDM (for chapter 6; paper Sec. 4.5) at ``budget`` (default
     :func:`~ldm_core.budget.get_budget`): the class-conditional model, its first convolution widened
@@ -239,11 +255,7 @@ def inpainting_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Ar
     first_stage = autoencoder(recipe=d.autoencoder).model.to(device)
 
     def fit(model: Denoiser, checkpoint: Checkpoint) -> dict:
-        source = _latent_diffusion(d.warm_start)[0].denoiser  # (a resumed run then loads its checkpoint over it)
-        extra = d.unet.concat_channels - source.unet.config.concat_channels
-        skipped = warm_start(model, Denoiser(widen_input(source.unet, extra), source.conditioner))
-        if skipped:  # the recipe changed the architecture beyond the first convolution: not a fine-tune any more
-            raise ValueError(f"the inpainting model must start from every weight of its source; not copied: {skipped}")
+        _start_widened(model, d, "inpainting")
         bank = mask_bank(recipe.mask_bank, dict(recipe.mask_mix), seed=recipe.seed).to(device)
         x, y = load_mnist("train")
 
@@ -266,11 +278,7 @@ def _superres(kind: str, budget: str | None) -> tuple[LatentDiffusion, Artifact]
     first_stage = autoencoder(recipe=d.autoencoder).model.to(device)
 
     def fit(model: Denoiser, checkpoint: Checkpoint) -> dict:
-        source = _latent_diffusion(d.warm_start)[0].denoiser  # (a resumed run then loads its checkpoint over it)
-        skipped = warm_start(model, Denoiser(widen_input(source.unet, d.unet.concat_channels), None))
-        if skipped:
-            raise ValueError(f"the super-resolution model must start from every weight of its source; not copied: "
-                             f"{skipped}")
+        _start_widened(model, d, "super-resolution")
         x, y = load_mnist("train")
         if kind == "superres-ldm":
             return fit_diffusion(model, first_stage, x, y, d, desc="super-resolution diffusion", checkpoint=checkpoint,

@@ -126,6 +126,8 @@ def ddpm_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
     for step, (t, t_prev) in enumerate(_pairs(timesteps)):
         a, a_prev = _alpha_bar_pair(alpha_bar, t, t_prev)
         t_batch = torch.full((z.shape[0],), t, dtype=torch.int64, device=z.device)
+        beta = 1 - a / a_prev
+        var = (1 - a_prev) / (1 - a) * beta
         for repeat in range(resample if t_prev >= 0 else 1):
             if repeat:
                 z = _jump_back(z_prev, a, a_prev, generator)
@@ -133,9 +135,7 @@ def ddpm_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
                 z = _replace_known(z, t_batch, known, alpha_bar, generator)
             eps = model(z, t_batch, cond)
             x0_hat = predict_x0_from_eps(z, t_batch, eps, alpha_bar)
-            beta = 1 - a / a_prev
             mean = (a_prev**0.5 * beta / (1 - a)) * x0_hat + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a)) * z
-            var = (1 - a_prev) / (1 - a) * beta
             z_prev = mean
             if t_prev >= 0:
                 z_prev = z_prev + var**0.5 * randn_like(z, generator)
@@ -170,6 +170,7 @@ def ddim_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
     for step, (t, t_prev) in enumerate(_pairs(timesteps)):
         a, a_prev = _alpha_bar_pair(alpha_bar, t, t_prev)
         t_batch = torch.full((z.shape[0],), t, dtype=torch.int64, device=z.device)
+        sigma = eta * ((1 - a_prev) / (1 - a)) ** 0.5 * (1 - a / a_prev) ** 0.5
         for repeat in range(resample if t_prev >= 0 else 1):
             if repeat:
                 z = _jump_back(z_prev, a, a_prev, generator)
@@ -177,7 +178,6 @@ def ddim_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
                 z = _replace_known(z, t_batch, known, alpha_bar, generator)
             eps = model(z, t_batch, cond)
             x0_hat = predict_x0_from_eps(z, t_batch, eps, alpha_bar)
-            sigma = eta * ((1 - a_prev) / (1 - a)) ** 0.5 * (1 - a / a_prev) ** 0.5
             z_prev = a_prev**0.5 * x0_hat + (1 - a_prev - sigma**2) ** 0.5 * eps
             if sigma > 0:
                 z_prev = z_prev + sigma * randn_like(z, generator)
