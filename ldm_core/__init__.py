@@ -19,6 +19,8 @@ One concept a module (the book's architecture; each module names the chapter tha
   completions (chapter 6).
 - :mod:`ldm_core.superres`: downsampling and other degradations, and super-resolution by the LDM and by the
   regression baseline (chapter 7).
+- :mod:`ldm_core.naive`: a naive latent diffusion (flat VAE latent, an MLP denoiser, its sampler) and the
+  switches that repair it (appendix A).
 - :mod:`ldm_core.metrics`: PSNR, SSIM, the domain classifier, FID and KID in its feature space.
 - :mod:`ldm_core.viz`: image grids, plots, sliders (live and static).
 - :mod:`ldm_core.budget`: the active budget (``LDM_BUDGET``) and the device.
@@ -29,4 +31,4 @@ One concept a module (the book's architecture; each module names the chapter tha
 - :mod:`ldm_core.bench`: the benchmark, ``python -m ldm_core.bench``.
 """
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"

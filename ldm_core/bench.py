@@ -36,7 +36,7 @@ from . import __version__, pretrained
 from .budget import BUDGETS, get_device
 from .cache import cache_dir, check_writable, write_text_atomic
 from .evaluate import (INPAINTING_METHODS, SUPERRES_METHODS, Judge, completion_diversity, inpainting_inputs,
-                       inpainting_table, measure_captions, measure_samples, superres_table)
+                       inpainting_table, measure_captions, measure_samples, naive_table, superres_table)
 from .metrics import reconstruction_scores
 from .recipes import Budget, DiffusionRecipe, autoencoder_study, budget_table, diffusion_recipe
 from .train import diffusion_loss
@@ -60,7 +60,7 @@ def run_chapters(budget: str, keep: Path | None = None,
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    chapters = sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
+    chapters = sorted(BOOK.glob("[0-9][0-9]_*.ipynb")) + sorted(BOOK.glob("appendix_*.ipynb"))  # the book's order
     if not chapters:
         raise FileNotFoundError(f"no chapters in {BOOK}; run the benchmark from a clone of the repository")
     os.environ["LDM_BUDGET"] = budget  # the kernels inherit it
@@ -207,6 +207,14 @@ def measure_superres(row: Budget, judge: Judge) -> dict:
     return {**result, "samples": row.samples}
 
 
+def measure_naive(row: Budget, judge: Judge) -> dict:
+    """Appendix A: every row of the naive latent diffusion's repair (:func:`~ldm_core.evaluate.naive_table`),
+    ``samples`` generated digits a row, without its images and models (its naive models train again: seconds)."""
+    table = naive_table(judge, row.name)
+    rows = {name: {key: value for key, value in numbers.items() if key != "x"} for name, numbers in table["rows"].items()}
+    return {**rows, "alpha_bar_0": table["alpha_bar_0"], "samples": table["samples"]}
+
+
 def measure(budget: str, result: dict, save: Callable[[dict], None] = lambda result: None) -> dict:
     """Every model-quality and cost number of the benchmark, from the cached models of ``budget``, added to
     ``result`` part by part, calling ``save(result)`` after each part (so a failure later keeps the earlier ones)."""
@@ -222,7 +230,8 @@ def measure(budget: str, result: dict, save: Callable[[dict], None] = lambda res
                               "samples": row.samples, "sweep_samples": row.sweep_samples}),
              ("text2img", lambda: measure_text(row, judge)),
              ("inpaint", lambda: measure_inpainting(row, judge)),
-             ("superres", lambda: measure_superres(row, judge))]
+             ("superres", lambda: measure_superres(row, judge)),
+             ("naive", lambda: measure_naive(row, judge))]
     save(result)
     for key, measure_part in parts:
         result[key] = measure_part()

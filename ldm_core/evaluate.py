@@ -363,3 +363,127 @@ def superres_table(models: dict[str, LatentDiffusion], judge: Judge, n: int, deg
                        for method, out in outputs.items()}
         table[kind]["low"] = low
     return table
+
+
+# ------------------------------------------------------------------------------------- appendix A: naive LDM
+
+NAIVE_ROWS = ("reproduced", "kl_summed", "vae_longer", "time_conditional", "last_step", "denoiser_longer",
+              "book_autoencoder", "book_ldm")
+
+
+def _flat_posterior(encode, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, std) flattened to (N, D) on the CPU, from ``encode(chunk) -> (mu, std)``, in chunks of 500."""
+    parts = [encode(chunk) for chunk in x.split(500)]
+    return tuple(torch.cat([p[i] for p in parts]).flatten(1).cpu() for i in (0, 1))
+
+
+def naive_table(judge: Judge, budget: str | None = None, seed: int = 0) -> dict:
+    """Appendix A: the naive latent diffusion of :mod:`ldm_core.naive`, reproduced, then repaired one change a row
+    (:data:`NAIVE_ROWS`), each row measured on ``samples`` generated digits.
+
+    Rows: ``reproduced`` (the notebook: mean-reduced loss, 5 + 10 epochs, t-blind MLP, last step to alpha_bar_0);
+    ``kl_summed`` (squared error and KL summed per image, the ELBO); ``vae_longer`` (the VAE for the budget table's
+    ``naive_epochs[0]``); ``time_conditional`` (the MLP sees t); ``last_step`` (the sampler ends at alpha_bar = 1);
+    ``denoiser_longer`` (``naive_epochs[1]``); ``book_autoencoder`` (chapter 1's spatial, scaled latent, flattened
+    for the same MLP); ``book_ldm`` (chapter 2's UNet and recipe, DDIM 50: :func:`measure_samples`).
+
+    Per row: :func:`~ldm_core.naive.latent_statistics` of the test digits' posteriors, ``latent_dims``, ``floor_fid`` (the first stage's: FID of decoded posterior samples
+    of the test digits, the best its generator could score) and ``recon_accuracy`` (the judge on decoded posterior
+    means); the samples' ``fid``, ``fid_se``; for the MLP rows ``latent_fd`` (Frechet distance of the generated
+    latents to the test digits' posterior samples, in that row's latent space) and ``z_std_ratio`` (mean over
+    dimensions of the generated latents' std over the test latents'); ``losses``: the mean training loss over the
+    first and over the last epoch (31 steps) of each model the row trained; ``x``, 20 of its samples.
+
+    Returns:
+        dict(rows={name: row}, models={name: (vae, denoiser)} of the rows on the naive VAE, alpha_bar_0, samples);
+        ``rows`` in :data:`NAIVE_ROWS`' order.
+    """
+    from . import naive, pretrained  # pretrained trains chapter 1's and 2's models when they are not cached
+    from .recipes import budget_table
+
+    row = budget_table(budget)
+    vae_epochs, denoiser_epochs = row.naive_epochs
+    x_train, _ = load_mnist("train")
+    alpha_bar = naive.naive_alpha_bar()
+    n = row.samples
+    vaes, rows, models = {}, {}, {}
+
+    def vae_posterior(vae):
+        def encode(chunk):
+            mu, logvar = vae.encode(chunk)
+            return mu, (0.5 * logvar).exp()
+        return encode
+
+    def first_stage(encode, decode) -> dict:
+        with torch.no_grad():
+            mu, std = _flat_posterior(encode, judge.x_test)
+            z_test = mu + std * torch.randn(mu.shape, generator=torch.Generator().manual_seed(seed))
+            floor = judge.scores(decode(z_test).clamp(-1, 1))
+            recon_accuracy = judge.accuracy(decode(mu).clamp(-1, 1), judge.y_test)
+        return dict(**naive.latent_statistics(mu, std), latent_dims=mu.shape[1], floor_fid=floor["fid"],
+                    recon_accuracy=recon_accuracy, z_test=z_test)
+
+    epoch = len(x_train) // naive.NOTEBOOK_BATCH  # steps per epoch of the notebook's training
+
+    def losses(history: dict) -> tuple[float, float]:  # means over the first and the last epoch's steps
+        loss = history["loss"]
+        return sum(loss[:epoch]) / len(loss[:epoch]), sum(loss[-epoch:]) / len(loss[-epoch:])
+
+    def mlp_row(stage: dict, decode, denoiser, last_alpha_bar: str, trained: dict) -> dict:
+        noise = torch.randn(n, stage["latent_dims"], generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            z = naive.naive_sample(denoiser, noise, alpha_bar, 20, last_alpha_bar)
+            x = decode(z).clamp(-1, 1)
+        z_test = stage["z_test"]
+        return {**{k: v for k, v in stage.items() if k != "z_test"}, **judge.scores(x),
+                "latent_fd": fid(z, z_test), "z_std_ratio": (z.std(0).mean() / z_test.std(0).mean()).item(),
+                "losses": {name: losses(history) for name, history in trained.items()}, "x": x[:20]}
+
+    for reduction, epochs in (("mean", naive.NOTEBOOK_EPOCHS["vae"]), ("sum", naive.NOTEBOOK_EPOCHS["vae"]),
+                              ("sum", vae_epochs)):
+        if (reduction, epochs) not in vaes:
+            vae, history = naive.fit_vae(x_train, epochs, reduction, seed=seed)
+            vaes[reduction, epochs] = vae, history, first_stage(vae_posterior(vae), vae.decode)
+    short = naive.NOTEBOOK_EPOCHS["denoiser"]
+    plan = [("reproduced", ("mean", naive.NOTEBOOK_EPOCHS["vae"]), False, short, "alpha_bar_0"),
+            ("kl_summed", ("sum", naive.NOTEBOOK_EPOCHS["vae"]), False, short, "alpha_bar_0"),
+            ("vae_longer", ("sum", vae_epochs), False, short, "alpha_bar_0"),
+            ("time_conditional", ("sum", vae_epochs), True, short, "alpha_bar_0"),
+            ("last_step", ("sum", vae_epochs), True, short, "one"),
+            ("denoiser_longer", ("sum", vae_epochs), True, denoiser_epochs, "one")]
+    denoisers = {}
+    for name, key, time_conditional, epochs, last in plan:
+        vae, vae_history, stage = vaes[key]
+        if (key, time_conditional, epochs) not in denoisers:
+            with torch.no_grad():
+                mu, std = _flat_posterior(vae_posterior(vae), x_train)
+            denoisers[key, time_conditional, epochs] = naive.fit_denoiser(mu, std, alpha_bar, epochs,
+                                                                          time_conditional, seed)
+        denoiser, history = denoisers[key, time_conditional, epochs]
+        rows[name] = mlp_row(stage, vae.decode, denoiser, last, {"vae": vae_history, "denoiser": history})
+        models[name] = (vae, denoiser)
+
+    autoencoder = pretrained.autoencoder(budget).model
+    device, sf = autoencoder.scale_factor.device, autoencoder.scale_factor
+    shape = None
+
+    def encode(chunk):
+        nonlocal shape
+        posterior = autoencoder.encode(chunk.to(device))
+        shape = posterior.mean.shape[1:]
+        return sf * posterior.mean, sf * posterior.std
+
+    def decode(z):
+        return autoencoder.decode(z.to(device).view(-1, *shape) / sf).cpu()
+
+    stage = first_stage(encode, decode)
+    with torch.no_grad():
+        mu, std = _flat_posterior(encode, x_train)
+    denoiser, history = naive.fit_denoiser(mu, std, alpha_bar, denoiser_epochs, True, seed)
+    rows["book_autoencoder"] = mlp_row(stage, decode, denoiser, "one", {"denoiser": history})
+
+    ldm, artifact = pretrained.latent_diffusion(budget)
+    m = measure_samples(ldm, judge, n, sampler="ddim", steps=50)
+    rows["book_ldm"] = {**{k: v for k, v in stage.items() if k != "z_test"}, "fid": m["fid"], "fid_se": m["fid_se"],
+                        "kid": m["kid"], "losses": {"denoiser": losses(artifact.history)}, "x": m["x"][:20]}
+    return {"rows": rows, "models": models, "alpha_bar_0": float(alpha_bar[0]), "samples": n}

@@ -8,6 +8,8 @@ import yaml
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
 CHAPTERS = sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
+APPENDICES = sorted(BOOK.glob("appendix_*.ipynb"))  # taught like chapters: the same structure
+TAUGHT = CHAPTERS + APPENDICES
 NOTEBOOKS = sorted(BOOK.glob("*.ipynb"))
 
 
@@ -23,7 +25,7 @@ def test_notebook_is_committed_without_outputs(path):
     assert not dirty, f"{path.name}: cells {dirty} have stored outputs; clear them before committing"
 
 
-@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", TAUGHT, ids=lambda p: p.stem)
 def test_chapter_has_summary_exercises_figures_and_checks(path):
     cells = json.loads(path.read_text())["cells"]
     code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
@@ -33,7 +35,7 @@ def test_chapter_has_summary_exercises_figures_and_checks(path):
     assert "plt." in code or "show_images(" in code, "every chapter draws at least one figure"
 
 
-@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", TAUGHT, ids=lambda p: p.stem)
 def test_first_code_cell_installs_the_package_from_the_configured_repository(path):
     """The Colab path: the repository URL is set once, in _config.yml; each chapter's install cell uses it."""
     repository = yaml.safe_load((BOOK.parent / "_config.yml").read_text())["repository"]

@@ -27,7 +27,7 @@ CHROMIUM = os.environ.get("LDM_CHROMIUM", "/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(HTML is None, reason="set LDM_BOOK_HTML to a built book (make test does)")
 
 PAGES = sorted(str(p.relative_to(HTML)) for p in [*HTML.glob("*.html"), *HTML.glob("book/*.html")]) if HTML else []
-CHAPTERS = sorted(p.stem for p in (ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
+CHAPTERS = sorted(p.stem for p in [*(ROOT / "book").glob("[0-9][0-9]_*.ipynb"), *(ROOT / "book").glob("appendix_*.ipynb")])
 SLIDERS = {  # page -> the sliders it must have: the forward process, then the samplers' settings
     "book/02_ldm_objective.html": {"t", "seed"},
     "book/04_sampling.html": {"steps", "eta", "guidance"},
