@@ -12,6 +12,7 @@ same arguments, so they are the same number (the benchmark, :mod:`ldm_core.bench
 - :func:`inpainting_table` (:func:`inpainting_inputs`, :func:`measure_inpainting`) and
   :func:`completion_diversity`: chapter 6's completions, by each method of :data:`INPAINTING_METHODS`.
 - :func:`superres_table` (:func:`measure_superres`): chapter 7's super-resolution against its baselines.
+- :func:`naive_table`: appendix A's naive latent diffusion, repaired one change a row.
 - :func:`attention_maps` and :func:`share_on_half`: where a caption's words are read on the canvas.
 """
 
@@ -22,6 +23,7 @@ import time
 import torch
 import torch.nn as nn
 
+from . import naive, pretrained
 from .attention import capture_cross_attention
 from .checks import check_images, check_int
 from .data import load_mnist, random_captions
@@ -29,6 +31,7 @@ from .inpainting import MASK_KINDS, hole_fraction, inpaint, random_masks
 from .metrics import (accuracy, both_digits_correct, features, fid, fid_bootstrap_se, kid, predict,
                       reconstruction_scores)
 from .pipeline import LatentDiffusion
+from .recipes import budget_table
 from .superres import DEGRADATIONS, degrade, downsample, regress, super_resolve, upsample_bicubic
 
 
@@ -385,11 +388,12 @@ def naive_table(judge: Judge, budget: str | None = None, seed: int = 0) -> dict:
     ``kl_summed`` (squared error and KL summed per image, the ELBO); ``vae_longer`` (the VAE for the budget table's
     ``naive_epochs[0]``); ``time_conditional`` (the MLP sees t); ``last_step`` (the sampler ends at alpha_bar = 1);
     ``denoiser_longer`` (``naive_epochs[1]``); ``book_autoencoder`` (chapter 1's spatial, scaled latent, flattened
-    for the same MLP); ``book_ldm`` (chapter 2's UNet and recipe, DDIM 50: :func:`measure_samples`).
+    for the same MLP); ``book_ldm`` (chapter 2's UNet and recipe, DDIM 50: :func:`measure_samples`). The
+    book's models come from :mod:`ldm_core.pretrained` (trained now if not cached).
 
-    Per row: :func:`~ldm_core.naive.latent_statistics` of the test digits' posteriors, ``latent_dims``, ``floor_fid`` (the first stage's: FID of decoded posterior samples
-    of the test digits, the best its generator could score) and ``recon_accuracy`` (the judge on decoded posterior
-    means); the samples' ``fid``, ``fid_se``; for the MLP rows ``latent_fd`` (Frechet distance of the generated
+    Per row: :func:`~ldm_core.naive.latent_statistics` of the test digits' posteriors, ``latent_dims``,
+    ``floor_fid`` (the first stage's: FID of decoded posterior samples of the test digits, the best its generator
+    could score) and ``recon_accuracy`` (the judge on decoded posterior means); the samples' ``fid``, ``fid_se``; for the MLP rows ``latent_fd`` (Frechet distance of the generated
     latents to the test digits' posterior samples, in that row's latent space) and ``z_std_ratio`` (mean over
     dimensions of the generated latents' std over the test latents'); ``losses``: the mean training loss over the
     first and over the last epoch (31 steps) of each model the row trained; ``x``, 20 of its samples.
@@ -398,9 +402,6 @@ def naive_table(judge: Judge, budget: str | None = None, seed: int = 0) -> dict:
         dict(rows={name: row}, models={name: (vae, denoiser)} of the rows on the naive VAE, alpha_bar_0, samples);
         ``rows`` in :data:`NAIVE_ROWS`' order.
     """
-    from . import naive, pretrained  # pretrained trains chapter 1's and 2's models when they are not cached
-    from .recipes import budget_table
-
     row = budget_table(budget)
     vae_epochs, denoiser_epochs = row.naive_epochs
     x_train, _ = load_mnist("train")
@@ -465,12 +466,11 @@ def naive_table(judge: Judge, budget: str | None = None, seed: int = 0) -> dict:
 
     autoencoder = pretrained.autoencoder(budget).model
     device, sf = autoencoder.scale_factor.device, autoencoder.scale_factor
-    shape = None
+    side = 32 // autoencoder.config.f
+    shape = (autoencoder.config.latent_channels, side, side)  # the spatial latent the MLP sees flattened
 
     def encode(chunk):
-        nonlocal shape
         posterior = autoencoder.encode(chunk.to(device))
-        shape = posterior.mean.shape[1:]
         return sf * posterior.mean, sf * posterior.std
 
     def decode(z):
