@@ -21,8 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checks import check_finite, check_images, check_int
-from .schedules import alpha_bar_from_betas, linear_beta_schedule, predict_x0_from_eps, q_sample, randn_like
-from .train import Batches, train
+from .schedules import alpha_bar_from_betas, linear_beta_schedule, predict_x0_from_eps, randn_like
+from .train import Batches, diffusion_loss, train
 from .unet import timestep_embedding
 
 REDUCTIONS = ("mean", "sum")
@@ -128,15 +128,6 @@ class MLPDenoiser(nn.Module):
         return self.layers[2](h)
 
 
-def denoiser_loss(model: nn.Module, z0: torch.Tensor, alpha_bar: torch.Tensor,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """L_simple (DDPM Eq. 14) on flat latents z0 (B, dim): t uniform in [0, T-1], z_t = q_sample(z0, t, eps),
-    the mean squared error between eps and model(z_t, t)."""
-    t = torch.randint(0, len(alpha_bar), (z0.shape[0],), generator=generator, device=z0.device)
-    eps = randn_like(z0, generator)
-    return F.mse_loss(model(q_sample(z0, t, eps, alpha_bar), t, None), eps)
-
-
 @torch.no_grad()
 def naive_sample(model: nn.Module, noise: torch.Tensor, alpha_bar: torch.Tensor, stride: int = 20,
                  last_alpha_bar: str = "alpha_bar_0") -> torch.Tensor:
@@ -216,7 +207,7 @@ def fit_vae(x: torch.Tensor, epochs: int, reduction: str = "mean", kl_weight: fl
 
 def fit_denoiser(mu: torch.Tensor, std: torch.Tensor, alpha_bar: torch.Tensor, epochs: int,
                  time_conditional: bool, seed: int = 0, hidden: int = 128) -> tuple[MLPDenoiser, dict]:
-    """An :class:`MLPDenoiser` trained with :func:`denoiser_loss` on z0 = mu + std * noise, a fresh posterior
+    """An :class:`MLPDenoiser` trained with L_simple (:func:`~ldm_core.train.diffusion_loss`, eps, uniform) on z0 = mu + std * noise, a fresh posterior
     sample of each training latent in every batch (the notebook's reparameterised encoder samples), with the
     notebook's optimiser, batch and ``epochs``; ``hidden`` units (the notebook's 128); on the CPU.
 
@@ -236,7 +227,7 @@ def fit_denoiser(mu: torch.Tensor, std: torch.Tensor, alpha_bar: torch.Tensor, e
 
     def loss(step: int) -> torch.Tensor:
         m, s = batches(step)
-        return denoiser_loss(model, m + s * randn_like(m, generator), alpha_bar, generator)
+        return diffusion_loss(model, m + s * randn_like(m, generator), alpha_bar, generator=generator)  # L_simple
 
     history = train(model, loss, steps=check_int("epochs", epochs, 1) * batches.per_epoch, lr=NOTEBOOK_LR,
                     grad_clip=None, desc=f"MLP denoiser ({'with' if time_conditional else 'without'} t)",
