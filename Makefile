@@ -54,7 +54,7 @@ test: $(STAMP) $(CHROMIUM)
 	grep -q 'execute_notebooks: "off"' $(SMOKE)/src/_config.yml
 	$(SMOKE_ENV) $(BIN)/jupyter-book build $(SMOKE)/src --warningiserror --nitpick --keep-going
 	$(SMOKE_ENV) LDM_BOOK_HTML=$(CURDIR)/$(SMOKE)/src/_build/html LDM_CHROMIUM=$(CHROMIUM) \
-		$(BIN)/python -m pytest tests
+		$(BIN)/python -m pytest tests --durations=15
 
 clean:
 	rm -rf _build

@@ -21,7 +21,8 @@ One concept a module (the book's architecture; each module names the chapter tha
   regression baseline (chapter 7).
 - :mod:`ldm_core.naive`: a naive latent diffusion (flat VAE latent, an MLP denoiser, its sampler) and the
   switches that repair it (appendix A).
-- :mod:`ldm_core.flows`: normalising flows (NICE, RealNVP, Glow) with exact likelihoods (appendix B, in progress).
+- :mod:`ldm_core.flows`: normalising flows (NICE, RealNVP, Glow) with exact likelihoods (appendix B).
+- :mod:`ldm_core.likelihood`: DDPM's variational bound in bits per dimension (appendix B).
 - :mod:`ldm_core.metrics`: PSNR, SSIM, the domain classifier, FID and KID in its feature space.
 - :mod:`ldm_core.viz`: image grids, plots, sliders (live and static).
 - :mod:`ldm_core.budget`: the active budget (``LDM_BUDGET``) and the device.
@@ -32,4 +33,4 @@ One concept a module (the book's architecture; each module names the chapter tha
 - :mod:`ldm_core.bench`: the benchmark, ``python -m ldm_core.bench``.
 """
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"

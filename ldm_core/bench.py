@@ -35,8 +35,9 @@ import torch.nn as nn
 from . import __version__, pretrained
 from .budget import BUDGETS, get_device
 from .cache import cache_dir, check_writable, write_text_atomic
-from .evaluate import (INPAINTING_METHODS, SUPERRES_METHODS, Judge, completion_diversity, inpainting_inputs,
-                       inpainting_table, measure_captions, measure_samples, naive_table, superres_table)
+from .evaluate import (INPAINTING_METHODS, SUPERRES_METHODS, Judge, completion_diversity, generative_table,
+                       inpainting_inputs, inpainting_table, measure_captions, measure_samples, naive_table,
+                       superres_table)
 from .metrics import reconstruction_scores
 from .recipes import Budget, DiffusionRecipe, autoencoder_study, budget_table, diffusion_recipe
 from .train import diffusion_loss
@@ -215,6 +216,15 @@ def measure_naive(row: Budget, judge: Judge) -> dict:
     return {**rows, "alpha_bar_0": table["alpha_bar_0"], "samples": table["samples"]}
 
 
+def measure_generative(row: Budget, judge: Judge) -> dict:
+    """Appendix B: every model of :func:`~ldm_core.evaluate.generative_table` (flows, pixel DDPM and its DDIM, the
+    LDM), ``generative_samples`` samples and test digits each, without images and loss histories."""
+    table = generative_table(judge, row.name)
+    rows = {name: {key: value for key, value in numbers.items() if key not in ("x", "loss")}
+            for name, numbers in table["rows"].items()}
+    return {**rows, "ddpm_bpd_parts": table["bpd_parts"], "samples": table["samples"]}
+
+
 def measure(budget: str, result: dict, save: Callable[[dict], None] = lambda result: None) -> dict:
     """Every model-quality and cost number of the benchmark, from the cached models of ``budget``, added to
     ``result`` part by part, calling ``save(result)`` after each part (so a failure later keeps the earlier ones)."""
@@ -231,7 +241,8 @@ def measure(budget: str, result: dict, save: Callable[[dict], None] = lambda res
              ("text2img", lambda: measure_text(row, judge)),
              ("inpaint", lambda: measure_inpainting(row, judge)),
              ("superres", lambda: measure_superres(row, judge)),
-             ("naive", lambda: measure_naive(row, judge))]
+             ("naive", lambda: measure_naive(row, judge)),
+             ("generative", lambda: measure_generative(row, judge))]
     save(result)
     for key, measure_part in parts:
         result[key] = measure_part()

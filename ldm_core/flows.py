@@ -153,7 +153,7 @@ class Invertible1x1Conv(nn.Module):
 
 
 class Squeeze(nn.Module):
-    """(B, C, H, W) -> (B, 4C, H/2, W/2): each 2x2 block of pixels becomes 4 channels (RealNVP Sec. 3.6)."""
+    """(B, C, H, W) -> (B, 4C, H/2, W/2): each 2x2 block of pixels becomes 4 channels."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, c, h, w = x.shape
@@ -244,35 +244,43 @@ def _conv_net(in_channels: int, out_channels: int, hidden: int, kernel: int) -> 
                          nn.Conv2d(hidden, hidden, 1), nn.ReLU(), last)
 
 
-def nice(hidden: int = 256, couplings: int = 4) -> Flow:
+def nice(width: int = 32, couplings: int = 4) -> Flow:
     """NICE (Dinh et al. 2015) on the 784 pixels as one vector: ``couplings`` additive couplings whose
-    networks are MLPs (1x1 convolutions on a (784, 1, 1) view) alternating over odd and even pixels, then a
-    diagonal scaling. Input (B, 1, 28, 28)."""
+    networks are MLPs of 8 ``width`` hidden units (1x1 convolutions on a (784, 1, 1) view) alternating over odd and
+    even pixels, then a diagonal scaling. An actnorm over the whole image comes first (one bias and scale, as
+    RealNVP's and Glow's per channel): a standardisation of the input, which NICE did before training. Input
+    (B, 1, 28, 28)."""
     d = 784
-    layers: list[nn.Module] = [_Flatten()]
+    layers: list[nn.Module] = [ActNorm(1), _Flatten()]
     for k in range(couplings):
         keep = (torch.arange(d) % 2 == k % 2).float()[:, None, None]
-        layers.append(Coupling(keep, _conv_net(d, d, hidden, 1), affine=False))
+        layers.append(Coupling(keep, _conv_net(d, d, 8 * width, 1), affine=False))
     layers.append(Scale((d, 1, 1)))
     return Flow(layers, (1, 28, 28))
 
 
-def realnvp(hidden: int = 32, couplings: int = 3) -> Flow:
+def realnvp(width: int = 32, couplings: int = 3) -> Flow:
     """RealNVP (Dinh et al. 2017), one scale: ``couplings`` affine couplings with alternating checkerboard masks at
-    28x28, a squeeze to (4, 14, 14), then ``couplings`` with alternating channel masks. Input (B, 1, 28, 28)."""
-    layers: list[nn.Module] = [Coupling(checkerboard(1, 28, 28, k % 2), _conv_net(1, 2, hidden, 3), affine=True)
-                               for k in range(couplings)]
+    28x28, a squeeze to (4, 14, 14), then ``couplings`` with alternating channel masks; each coupling is followed by
+    an actnorm, standing in for RealNVP's batch normalisation of the coupling outputs (Glow introduced
+    actnorm as that layer's replacement). Input (B, 1, 28, 28)."""
+    layers: list[nn.Module] = []
+    for k in range(couplings):
+        layers += [Coupling(checkerboard(1, 28, 28, k % 2), _conv_net(1, 2, width, 3), affine=True), ActNorm(1)]
     layers.append(Squeeze())
-    layers += [Coupling(channel_mask(4, 14, 14, k % 2), _conv_net(4, 8, hidden, 3), affine=True)
-               for k in range(couplings)]
+    for k in range(couplings):
+        layers += [Coupling(channel_mask(4, 14, 14, k % 2), _conv_net(4, 8, width, 3), affine=True), ActNorm(4)]
     return Flow(layers, (1, 28, 28))
 
 
-def glow(hidden: int = 32, steps: int = 4) -> Flow:
+def glow(width: int = 32, steps: int = 4) -> Flow:
     """Glow (Kingma & Dhariwal 2018), one level: a squeeze to (4, 14, 14), then ``steps`` flow steps of actnorm,
     invertible 1x1 convolution and affine coupling over half the channels. Input (B, 1, 28, 28)."""
     layers: list[nn.Module] = [Squeeze()]
     for k in range(steps):
         layers += [ActNorm(4), Invertible1x1Conv(4, seed=k),
-                   Coupling(channel_mask(4, 14, 14, 0), _conv_net(4, 8, hidden, 3), affine=True)]
+                   Coupling(channel_mask(4, 14, 14, 0), _conv_net(4, 8, width, 3), affine=True)]
     return Flow(layers, (1, 28, 28))
+
+
+BUILDERS = {"nice": nice, "realnvp": realnvp, "glow": glow}  # the keys are recipes.FLOW_KINDS

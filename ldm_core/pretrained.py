@@ -17,12 +17,13 @@ from .budget import get_device
 from .cache import Artifact, Checkpoint, load_or_train
 from .conditioning import ClassEmbedder, TextEncoder, Tokenizer
 from .data import CAPTION_TEMPLATES, caption, load_mnist, two_digit_canvases
+from .flows import BUILDERS, Flow, digits_to_flow_space
 from .inpainting import draw_masks, inpainting_condition, mask_bank
 from .losses import PatchDiscriminator, PerceptualLoss, autoencoder_loss, digit_feature_layers
 from .metrics import DigitClassifier, random_shift
 from .pipeline import LatentDiffusion
-from .recipes import (AutoencoderRecipe, ClassifierRecipe, DiffusionRecipe, budget_table, diffusion_recipe,
-                      inpainting_recipe, superres_recipe, text_recipe)
+from .recipes import (AutoencoderRecipe, ClassifierRecipe, DiffusionRecipe, FlowRecipe, budget_table, ddpm_recipe,
+                      diffusion_recipe, flow_recipes, inpainting_recipe, superres_recipe, text_recipe)
 from .schedules import rng_device
 from .superres import downsample, regression_timestep
 from .train import Batches, fit_diffusion, train
@@ -152,6 +153,52 @@ def _latent_diffusion(recipe: DiffusionRecipe) -> tuple[LatentDiffusion, Artifac
                              lambda: build_denoiser(recipe), fit, device)
     return LatentDiffusion(first_stage, artifact.model, recipe.alpha_bar().to(device),
                            prediction=recipe.prediction), artifact
+
+
+def ddpm(budget: str | None = None) -> tuple[LatentDiffusion, Artifact]:
+    """Appendix B's DDPM on pixels (:func:`~ldm_core.recipes.ddpm_recipe`): the pipeline with the identity first
+    stage, and the denoiser's artifact.
+
+    Raises:
+        ValueError: for an unknown budget.
+    """
+    return _latent_diffusion(ddpm_recipe(budget))
+
+
+def flow(kind: str, budget: str | None = None, recipe: FlowRecipe | None = None) -> Artifact:
+    """Appendix B's normalising flow of ``kind`` (nice | realnvp | glow), trained by maximum likelihood on the
+    training digits' 784 real pixels, dequantised afresh each step (:func:`~ldm_core.flows.digits_to_flow_space`);
+    the loss is the negative log-likelihood in nats per dimension. Its actnorm layers are initialised from 1,000
+    training digits, not from the first batch alone: a pixel that a batch of 64 never inks would get a scale that
+    its first ink elsewhere multiplies into a huge code length. ``recipe`` overrides the budget's.
+
+    Raises:
+        ValueError: for an unknown budget or kind.
+    """
+    recipe = recipe or flow_recipes(budget).get(kind)
+    if recipe is None:
+        raise ValueError(f"kind must be one of {tuple(BUILDERS)}, got {kind!r}")
+    device = get_device()
+
+    def build() -> Flow:
+        return _seeded(recipe.seed, lambda: BUILDERS[recipe.kind](recipe.width))
+
+    def fit(model: Flow, checkpoint: Checkpoint) -> dict:
+        x, _ = load_mnist("train")
+        generator = torch.Generator(device).manual_seed(recipe.seed)
+        batches = Batches(x.to(device), batch_size=recipe.batch_size, seed=recipe.seed)
+
+        def loss_fn(step: int) -> torch.Tensor:
+            y = digits_to_flow_space(batches(step)[0], generator)
+            return -model.log_prob(y).mean() / y[0].numel()
+
+        with torch.no_grad():  # actnorm's data-dependent initialisation (a resumed run loads its state over it)
+            model.train()(digits_to_flow_space(x[:1000].to(device), generator))
+
+        return train(model, loss_fn, steps=recipe.steps, lr=recipe.lr, desc=recipe.kind, grad_clip=recipe.grad_clip,
+                     generator=generator, checkpoint=checkpoint)
+
+    return load_or_train("flow", recipe, build, fit, device)
 
 
 def warm_start(target: nn.Module, source: nn.Module) -> list[str]:

@@ -143,6 +143,26 @@ class SuperResolutionRecipe:
                              f"got {self.factor}")
 
 
+FLOW_KINDS = ("nice", "realnvp", "glow")
+
+
+@dataclass(frozen=True)
+class FlowRecipe:
+    kind: str  # one of FLOW_KINDS: the builder in ldm_core.flows
+    width: int  # hidden channels of the coupling networks (NICE's MLPs: 8 times this)
+    steps: int  # optimiser steps of maximum likelihood on dequantised training digits
+    batch_size: int
+    lr: float = 1e-3
+    grad_clip: float | None = None  # maximum likelihood's gradients are not clipped (see train.train)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in FLOW_KINDS:
+            raise ValueError(f"kind must be one of {FLOW_KINDS}, got {self.kind!r}")
+        check_int("width", self.width, 1)
+        _check_optimisation(self)
+
+
 @dataclass(frozen=True)
 class Budget:
     """One row of the budget table: every number that differs between smoke, book and full."""
@@ -164,9 +184,12 @@ class Budget:
     inpaint_steps: int  # chapter 6's inpainting model, fine-tuned from chapter 3's
     superres_steps: int  # chapter 7's super-resolution model and its regression baseline, from chapter 2's model
     naive_epochs: tuple[int, int]  # appendix A's repaired naive VAE and MLP denoiser (the reproduction: 5 and 10)
+    flow_width: int  # appendix B's flows: hidden channels of their coupling networks
+    flow_steps: int  # appendix B's flows: optimiser steps each (batch_size digits a step)
     # what is measured, by the chapters and the benchmark alike (ldm_core.evaluate)
     samples: int  # generated images per FID / accuracy (chapters 2, 3 and 5, and their benchmark keys)
     sweep_samples: int  # per setting of chapter 4's sweeps (and the benchmark's sampler keys)
+    generative_samples: int  # appendix B: samples per model, and test digits for bits/dim (DDPM samples T steps)
     kid_subset: int  # KID's subset size (at most the number of samples)
     bootstrap: int  # resamples of a FID's bootstrap standard error
     study_steps: int  # steps of each run of the benchmark's study (`python -m ldm_core.bench --study`)
@@ -191,7 +214,8 @@ BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
         unet=UNetConfig.tiny(),
         steps_unconditional=80, steps_conditional=80, batch_size=32, lr=2e-3, warmup_steps=10, ema_decay=0.9,
         text_steps=80, text_lr=2e-3, text_canvases=1000, inpaint_steps=80, superres_steps=80,
-        naive_epochs=(5, 10), samples=30, sweep_samples=30, kid_subset=30, bootstrap=10, study_steps=80,
+        naive_epochs=(5, 10), flow_width=8, flow_steps=40,
+        samples=30, sweep_samples=30, generative_samples=10, kid_subset=30, bootstrap=10, study_steps=80,
         claims=False, min_psnr=0.0, min_classifier_accuracy=0.3, min_cond_accuracy=0.0, min_both_correct=0.0,
     ),
     Budget(
@@ -201,7 +225,8 @@ BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
         unet=UNetConfig(channels=32),
         steps_unconditional=1000, steps_conditional=1500, batch_size=64, lr=4e-3, warmup_steps=100, ema_decay=0.995,
         text_steps=1000, text_lr=1e-3, text_canvases=8000, inpaint_steps=600, superres_steps=600,
-        naive_epochs=(30, 100), samples=200, sweep_samples=100, kid_subset=100, bootstrap=50, study_steps=1000,
+        naive_epochs=(30, 100), flow_width=32, flow_steps=400,
+        samples=200, sweep_samples=100, generative_samples=50, kid_subset=100, bootstrap=50, study_steps=1000,
         claims=True, min_psnr=22.0, min_classifier_accuracy=0.97, min_cond_accuracy=0.98, min_both_correct=0.95,
     ),
     Budget(
@@ -212,7 +237,8 @@ BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
         unet=UNetConfig(channels=128, channel_mult=(1, 2, 2)),
         steps_unconditional=20000, steps_conditional=20000, batch_size=256, lr=2e-4, warmup_steps=500, ema_decay=0.999,
         text_steps=30000, text_lr=2e-4, text_canvases=20000, inpaint_steps=10000, superres_steps=10000,
-        naive_epochs=(100, 300), samples=1000, sweep_samples=500, kid_subset=500, bootstrap=50, study_steps=10000,
+        naive_epochs=(100, 300), flow_width=128, flow_steps=10000,
+        samples=1000, sweep_samples=500, generative_samples=500, kid_subset=500, bootstrap=50, study_steps=10000,
         claims=True, min_psnr=24.0, min_classifier_accuracy=0.98, min_cond_accuracy=0.9, min_both_correct=0.8,
     ),
 )}
@@ -344,3 +370,33 @@ def superres_recipe(budget: str | None = None) -> SuperResolutionRecipe:
     unet = dataclasses.replace(base.unet, concat_channels=base.autoencoder.config.in_channels)
     return SuperResolutionRecipe(diffusion=dataclasses.replace(base, unet=unet, steps=row.superres_steps,
                                                                warm_start=base))
+
+
+def flow_recipes(budget: str | None = None) -> dict[str, FlowRecipe]:
+    """Appendix B's normalising flows, one of each kind in :data:`FLOW_KINDS`, with the budget table's width and
+    steps and the diffusion models' batch size."""
+    row = budget_table(budget)
+    return {kind: FlowRecipe(kind=kind, width=row.flow_width, steps=row.flow_steps, batch_size=row.batch_size)
+            for kind in FLOW_KINDS}
+
+
+def ddpm_recipe(budget: str | None = None) -> DiffusionRecipe:
+    """Appendix B's DDPM: diffusion on pixels with chapter 2's training compute.
+
+    Its UNet is the LDM's, below: the same widths at the latent's resolutions (8x8 and 4x4 at the book budget,
+    attention at the lowest), with log2(f) levels on top at 32x32 and 16x16 whose widths halve upwards (the LDM's
+    first width / f, times 1, 2, ...), so that pixels reach the latent grid through learned, cheap levels instead
+    of the autoencoder. Everything else is chapter 2's unconditional recipe (v-prediction of the same objective,
+    the linear DDPM schedule, AdamW, cosine decay, EMA), with its number of steps set for equal training FLOPs,
+    as :func:`diffusion_recipe` does for the other spaces.
+    """
+    latent = diffusion_recipe(budget, conditional=False)
+    f = latent.autoencoder.config.f
+    levels = f.bit_length() - 1  # log2(f)
+    unet = dataclasses.replace(latent.unet, in_channels=latent.autoencoder.config.in_channels,
+                               channels=latent.unet.channels // f,
+                               channel_mult=tuple(2 ** k for k in range(levels))
+                               + tuple(f * m for m in latent.unet.channel_mult))
+    pixel = dataclasses.replace(latent, autoencoder=None, unet=unet)
+    steps = max(round(latent.steps * _flops(latent, 32 // f) / _flops(pixel, 32)), 1)
+    return dataclasses.replace(pixel, steps=steps, warmup_steps=min(latent.warmup_steps, steps // 10))

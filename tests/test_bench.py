@@ -3,12 +3,12 @@ import os
 import shutil
 
 from ldm_core.bench import main
-from ldm_core.evaluate import NAIVE_ROWS
+from ldm_core.evaluate import GENERATIVE_ROWS, NAIVE_ROWS
 from ldm_core.recipes import budget_table
 
 KEYS = {"budget", "device", "torch_version", "peak_rss_mb", "chapter_seconds", "classifier_test_accuracy",
         "fid_floor_train_vs_test", "fid_floor_train_vs_test_se", "fid_floor_sweep_samples", "autoencoder", "ldm", "text2img",
-        "inpaint", "superres", "naive"}
+        "inpaint", "superres", "naive", "generative"}
 AUTOENCODERS = {"kl_f1", "kl_f2", "kl_f4", "kl_f8", "vq_f4", "kl_f4_perceptual", "kl_f4_perceptual_adversarial"}
 SCORES = {"psnr", "ssim", "rfid"}
 LDM_KEYS = {"fid", "kid", "cond_accuracy_guidance_1", "cond_accuracy_guidance_3", "fid_ddim_50", "fid_ddpm_1000",
@@ -50,6 +50,11 @@ def test_bench_writes_every_documented_key(tmp_path):
     assert all({"active_units", "floor_fid", "fid", "fid_se"} <= set(naive[name]) for name in NAIVE_ROWS)
     assert all({"latent_fd", "z_std_ratio"} <= set(naive[name]) for name in NAIVE_ROWS[:-1])
     assert naive["samples"] == budget_table("smoke").samples and naive["alpha_bar_0"] < 1
+    generative = result["generative"]
+    assert all({"train_seconds", "samples_per_s", "fid", "fid_se", "kid", "edge_ratio", "bpd", "bpd_se"}
+               <= set(generative[name]) for name in GENERATIVE_ROWS)
+    assert [generative[name]["bpd"] is None for name in GENERATIVE_ROWS] == [False] * 4 + [True] * 2
+    assert set(generative["ddpm_bpd_parts"]) == {"prior", "diffusion", "decoder"}
     # the cost claim the book makes: a step on 4x8x8 latents is cheaper than on 1x32x32 pixels
     assert result["ldm"]["train_ms_per_step_pixel"] > result["ldm"]["train_ms_per_step_latent_f4"]
 

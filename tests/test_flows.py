@@ -20,8 +20,8 @@ def _trained_looking(flow, seed=0):
     return flow.eval()
 
 
-MODELS = {"nice": lambda: flows.nice(hidden=16, couplings=2), "realnvp": lambda: flows.realnvp(hidden=8, couplings=2),
-          "glow": lambda: flows.glow(hidden=8, steps=2)}
+MODELS = {"nice": lambda: flows.nice(width=2, couplings=2), "realnvp": lambda: flows.realnvp(width=8, couplings=2),
+          "glow": lambda: flows.glow(width=8, steps=2)}
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -63,7 +63,7 @@ def test_log_prob_of_a_scaled_gaussian_is_its_closed_form():
     """z = x / sigma with a N(0, 1) prior is the density of N(0, sigma^2): -log p per dimension has mean
     0.5 log(2 pi e sigma^2), and bits_per_dim adds log2(256) = 8 to its value in bits."""
     sigma = 0.1
-    flow = flows.Flow([flows.Scale((1, 28, 28))], (1, 28, 28))
+    flow = flows.Flow([flows.Scale((1, 28, 28))], (1, 28, 28)).eval()  # eval: no data-dependent start
     with torch.no_grad():
         flow.layers[0].log_scale.fill_(-math.log(sigma))
     y = sigma * torch.randn(2000, 1, 28, 28, generator=torch.Generator().manual_seed(0))
@@ -88,4 +88,4 @@ def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="even"):
         flows.Squeeze()(torch.zeros(1, 1, 5, 4))
     with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\)"):
-        flows.realnvp(hidden=4, couplings=1)(torch.zeros(1, 1, 32, 32))
+        flows.realnvp(width=4, couplings=1)(torch.zeros(1, 1, 32, 32))

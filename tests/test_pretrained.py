@@ -78,6 +78,22 @@ def test_pixel_space_gets_the_same_training_flops_as_latent_space():
         recipes.diffusion_recipe("smoke", False, "vq_f4")
 
 
+@pytest.mark.parametrize("budget", ["smoke", "book", "full"])
+def test_appendix_bs_ddpm_is_the_ldms_unet_below_with_levels_on_top_and_the_same_flops(budget):
+    from ldm_core.recipes import _flops
+
+    latent, pixel = recipes.diffusion_recipe(budget, False), recipes.ddpm_recipe(budget)
+    f = latent.autoencoder.config.f
+    levels = len(pixel.unet.channel_mult) - len(latent.unet.channel_mult)
+    assert pixel.autoencoder is None and pixel.unet.in_channels == 1 and 2 ** levels == f
+    widths = [pixel.unet.channels * m for m in pixel.unet.channel_mult]
+    assert widths[levels:] == [latent.unet.channels * m for m in latent.unet.channel_mult], "the LDM's widths below"
+    assert widths[:levels] == sorted(widths[:levels]) and widths[levels - 1] < latent.unet.channels
+    assert pixel.steps * _flops(pixel, 32) == pytest.approx(latent.steps * _flops(latent, 32 // f), rel=1 / pixel.steps)
+    assert dataclasses.replace(pixel, unet=latent.unet, autoencoder=latent.autoencoder, steps=latent.steps,
+                               warmup_steps=latent.warmup_steps) == latent, "otherwise chapter 2's recipe"
+
+
 def test_pixel_space_is_the_identity_first_stage():
     from ldm_core.autoencoder import PixelSpace
 
