@@ -184,16 +184,11 @@ def test_page_works_offline(browser, site, page_path):
     assert check_page(browser, site, page_path) == []
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS)
-def test_chapter_formulas_are_typeset(browser, site, chapter):
-    """Every chapter has formulas; each one is rendered by MathJax (check_page also asserts none is left raw)."""
+@pytest.fixture(scope="module")
+def bibliography_ids(browser, site):
     with offline_page(browser, site) as (page, problems):
-        page.goto(f"{site}book/{chapter}.html", wait_until="load")
-        page.wait_for_load_state("networkidle")
-        math = page.evaluate(MATH)
-        rendered = page.locator(".math mjx-container").count()
-    assert math["count"] > 0 and math["mathjax"], f"{chapter}: {math}"
-    assert rendered >= math["count"] and not math["untypeset"] and not math["raw"], f"{chapter}: {math}"
+        page.goto(f"{site}book/bibliography.html")
+        return set(page.evaluate("() => Array.from(document.querySelectorAll('[id]')).map(e => e.id)"))
 
 
 def test_every_chapter_and_every_slider_page_is_built():
@@ -203,26 +198,27 @@ def test_every_chapter_and_every_slider_page_is_built():
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
-def test_chapter_page_links_to_its_notebook_in_colab(browser, site, chapter):
+def test_chapter_typesets_its_formulas_links_to_colab_and_cites_the_bibliography(browser, site, bibliography_ids,
+                                                                                 chapter):
+    """On one load of each chapter's page: every chapter has formulas and MathJax renders each one (check_page also
+    asserts none is left raw); its one Colab link opens its own notebook; its citations point at bibliography
+    entries."""
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     owner_repo = config["repository"]["url"].removeprefix("https://github.com/")
     expected = (f"{config['launch_buttons']['colab_url']}/github/{owner_repo}/blob/"
                 f"{config['repository']['branch']}/book/{chapter}.ipynb")
     with offline_page(browser, site) as (page, problems):
-        page.goto(f"{site}book/{chapter}.html")
+        page.goto(f"{site}book/{chapter}.html", wait_until="load")
+        page.wait_for_load_state("networkidle")
+        math = page.evaluate(MATH)
+        rendered = page.locator(".math mjx-container").count()
         links = [a.get_attribute("href") for a in page.locator("a[href*='colab.research.google.com']").all()]
-    assert links == [expected]
-
-
-@pytest.mark.parametrize("chapter", CHAPTERS)
-def test_citations_link_into_the_bibliography(browser, site, chapter):
-    with offline_page(browser, site) as (page, problems):
-        page.goto(f"{site}book/bibliography.html")
-        entries = set(page.evaluate("() => Array.from(document.querySelectorAll('[id]')).map(e => e.id)"))
-        page.goto(f"{site}book/{chapter}.html")
         targets = [a.get_attribute("href") for a in page.locator("a[href^='bibliography.html#']").all()]
+    assert math["count"] > 0 and math["mathjax"], f"{chapter}: {math}"
+    assert rendered >= math["count"] and not math["untypeset"] and not math["raw"], f"{chapter}: {math}"
+    assert links == [expected]
     assert targets, f"{chapter} cites no paper through the bibliography"
-    missing = [t for t in targets if t.split("#", 1)[1] not in entries]
+    missing = [t for t in targets if t.split("#", 1)[1] not in bibliography_ids]
     assert not missing, f"citations pointing nowhere: {missing}"
 
 
