@@ -47,7 +47,8 @@ SMOKE_ENV := LDM_BUDGET=smoke LDM_SMOKE_CACHE=$(CURDIR)/$(SMOKE)/cache TQDM_DISA
 test: $(STAMP) $(CHROMIUM)
 	rm -rf $(SMOKE)
 	$(SMOKE_ENV) LDM_SMOKE_EXECUTED=$(CURDIR)/$(SMOKE)/executed OMP_NUM_THREADS=1 \
-		$(BIN)/python -m pytest --nbval-lax --nbval-kernel-startup-timeout 120 -n 2 --dist loadscope $(NOTEBOOKS)
+		$(BIN)/python -m pytest --nbval-lax --nbval-kernel-startup-timeout 120 -n 2 --dist loadscope --durations=15 \
+		$(NOTEBOOKS)
 	test $$(ls $(SMOKE)/executed/*.ipynb | wc -l) -eq $(words $(NOTEBOOKS))
 	mkdir -p $(SMOKE)/src && cp -r _config.yml _toc.yml book $(SMOKE)/src/ && cp $(SMOKE)/executed/*.ipynb $(SMOKE)/src/book/
 	sed -i 's/^  execute_notebooks: force .*/  execute_notebooks: "off"  # make test: executed under nbval/' $(SMOKE)/src/_config.yml

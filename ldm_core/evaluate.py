@@ -28,8 +28,8 @@ from . import flows, naive, pretrained
 from .attention import capture_cross_attention
 from .checks import check_images, check_int
 from .data import load_mnist, random_captions
-from .likelihood import ddpm_bits_per_dim
 from .inpainting import MASK_KINDS, hole_fraction, inpaint, random_masks
+from .likelihood import ddpm_bits_per_dim
 from .metrics import (accuracy, both_digits_correct, features, fid, fid_bootstrap_se, kid, predict,
                       reconstruction_scores)
 from .pipeline import LatentDiffusion

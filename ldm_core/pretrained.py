@@ -147,7 +147,8 @@ def _latent_diffusion(recipe: DiffusionRecipe) -> tuple[LatentDiffusion, Artifac
         if recipe.warm_start is not None:  # (a resumed run then loads its checkpoint over these weights)
             warm_start(model.unet, _latent_diffusion(recipe.warm_start)[0].denoiser.unet)
         x, y = load_mnist("train")
-        return fit_diffusion(model, first_stage, x, y, recipe, desc="latent diffusion", checkpoint=checkpoint)
+        desc = "pixel diffusion" if recipe.autoencoder is None else "latent diffusion"
+        return fit_diffusion(model, first_stage, x, y, recipe, desc=desc, checkpoint=checkpoint)
 
     artifact = load_or_train("conditional-ldm" if recipe.conditional else "ldm", recipe,
                              lambda: build_denoiser(recipe), fit, device)
