@@ -494,7 +494,7 @@ def naive_table(judge: Judge, budget: str | None = None, seed: int = 0) -> dict:
 def edge_ratio(x: torch.Tensor, reference: torch.Tensor) -> float:
     """How sharp images are against a reference set: the mean absolute difference of neighbouring pixels
     (horizontal and vertical) of x over that of ``reference``, both (N, C, H, W) in [-1, 1]. Below 1: smoother than
-    the reference (blurry); above 1: more high-frequency content (noisy)."""
+    the reference (blurry, or faint: fewer strokes); above 1: more high-frequency content (noisy)."""
 
     def edges(v: torch.Tensor) -> float:
         v = v.double()
@@ -516,7 +516,7 @@ def generative_table(judge: Judge, budget: str | None = None, seed: int = 0) -> 
 
     Per row: ``train_seconds`` (as recorded when the model was trained, resumed segments summed), ``samples_per_s``
     (generation of ``generative_samples`` unconditional digits, decoding included), their ``fid``, ``fid_se``, ``kid``
-    and ``edge_ratio`` (:func:`edge_ratio` against the test digits: below 1 blurry, above 1 noisy);
+    and ``edge_ratio`` (:func:`edge_ratio` against the test digits: below 1 smooth or faint, above 1 noisy);
     ``bpd`` and ``bpd_se`` (mean and standard error over ``generative_samples`` random test digits) where a likelihood
     exists: the flows' exact negative log-likelihood of the digits' 784 real pixels, dequantised uniformly
     (:func:`~ldm_core.flows.bits_per_dim`, per image), and DDPM's variational bound over the 32x32 image
@@ -549,13 +549,14 @@ def generative_table(judge: Judge, budget: str | None = None, seed: int = 0) -> 
     bound = ddpm_bits_per_dim(ddpm, x_bpd, dims=784, seed=seed)
     for name, settings in (("ddpm", dict(sampler="ddpm", steps=ddpm.T)), ("ddim", dict(sampler="ddim", steps=50))):
         m = measure_samples(ddpm, judge, n, **settings)
+        likelihood = (bound["bpd"], bound["bpd_se"]) if name == "ddpm" else (None, None)
         rows[name] = dict(train_seconds=artifact.history["seconds"], samples_per_s=m["per_s"], fid=m["fid"],
-                          fid_se=m["fid_se"], kid=m["kid"], edge_ratio=edge_ratio(m["x"], judge.x_test), bpd=bound["bpd"] if name == "ddpm" else None,
-                          bpd_se=bound["bpd_se"] if name == "ddpm" else None, x=m["x"][:20],
-                          loss=artifact.history["loss"])
+                          fid_se=m["fid_se"], kid=m["kid"], edge_ratio=edge_ratio(m["x"], judge.x_test),
+                          bpd=likelihood[0], bpd_se=likelihood[1], x=m["x"][:20], loss=artifact.history["loss"])
     ldm, artifact = pretrained.latent_diffusion(row.name)
     m = measure_samples(ldm, judge, n, sampler="ddim", steps=50)
     seconds = pretrained.autoencoder(row.name).history["seconds"] + artifact.history["seconds"]
     rows["ldm"] = dict(train_seconds=seconds, samples_per_s=m["per_s"], fid=m["fid"], fid_se=m["fid_se"],
-                       kid=m["kid"], edge_ratio=edge_ratio(m["x"], judge.x_test), bpd=None, bpd_se=None, x=m["x"][:20], loss=artifact.history["loss"])
+                       kid=m["kid"], edge_ratio=edge_ratio(m["x"], judge.x_test), bpd=None, bpd_se=None,
+                       x=m["x"][:20], loss=artifact.history["loss"])
     return {"rows": rows, "samples": n, "bpd_parts": {k: v for k, v in bound.items() if k not in ("bpd", "bpd_se")}}
