@@ -89,3 +89,11 @@ def test_bad_shapes_are_refused():
         flows.Squeeze()(torch.zeros(1, 1, 5, 4))
     with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\)"):
         flows.realnvp(width=4, couplings=1)(torch.zeros(1, 1, 32, 32))
+
+
+def test_every_flow_kind_of_the_recipes_has_a_builder():
+    from ldm_core.recipes import FLOW_KINDS, FlowRecipe
+
+    assert tuple(flows.BUILDERS) == FLOW_KINDS
+    with pytest.raises(ValueError, match="kind must be one of"):
+        FlowRecipe(kind="maf", width=8, steps=1, batch_size=1)
