@@ -531,6 +531,11 @@ def generative_table(judge: Judge, budget: str | None = None, seed: int = 0) -> 
     n = row.generative_samples
     x_bpd, _ = random_test_digits(n, torch.Generator().manual_seed(seed))
     rows = {}
+
+    def measured(x, per_s, seconds, loss, bpd=None, bpd_se=None) -> dict:  # one row, the same for every model
+        return dict(train_seconds=seconds, samples_per_s=per_s, **judge.scores(x),
+                    edge_ratio=edge_ratio(x, judge.x_test), bpd=bpd, bpd_se=bpd_se, x=x[:20], loss=loss)
+
     for kind in GENERATIVE_ROWS[:3]:
         artifact = pretrained.flow(kind, row.name)
         model, generator = artifact.model, torch.Generator().manual_seed(seed)
@@ -541,22 +546,16 @@ def generative_table(judge: Judge, budget: str | None = None, seed: int = 0) -> 
         per_s = n / (time.perf_counter() - start)
         y = flows.digits_to_flow_space(x_bpd, torch.Generator().manual_seed(seed)).to(next(model.parameters()).device)
         bpd = torch.tensor([flows.bits_per_dim(model, image[None]) for image in y])
-        rows[kind] = dict(train_seconds=artifact.history["seconds"], samples_per_s=per_s, **judge.scores(x),
-                          edge_ratio=edge_ratio(x, judge.x_test),
-                          bpd=bpd.mean().item(), bpd_se=(bpd.std() / n ** 0.5).item(), x=x[:20],
-                          loss=artifact.history["loss"])
+        rows[kind] = measured(x, per_s, artifact.history["seconds"], artifact.history["loss"], bpd.mean().item(),
+                              (bpd.std() / n ** 0.5).item())
     ddpm, artifact = pretrained.ddpm(row.name)
     bound = ddpm_bits_per_dim(ddpm, x_bpd, dims=784, seed=seed)
     for name, settings in (("ddpm", dict(sampler="ddpm", steps=ddpm.T)), ("ddim", dict(sampler="ddim", steps=50))):
-        m = measure_samples(ddpm, judge, n, **settings)
-        likelihood = (bound["bpd"], bound["bpd_se"]) if name == "ddpm" else (None, None)
-        rows[name] = dict(train_seconds=artifact.history["seconds"], samples_per_s=m["per_s"], fid=m["fid"],
-                          fid_se=m["fid_se"], kid=m["kid"], edge_ratio=edge_ratio(m["x"], judge.x_test),
-                          bpd=likelihood[0], bpd_se=likelihood[1], x=m["x"][:20], loss=artifact.history["loss"])
+        x, per_s = timed_samples(ddpm, n=n, **settings)
+        likelihood = (bound["bpd"], bound["bpd_se"]) if name == "ddpm" else ()
+        rows[name] = measured(x, per_s, artifact.history["seconds"], artifact.history["loss"], *likelihood)
     ldm, artifact = pretrained.latent_diffusion(row.name)
-    m = measure_samples(ldm, judge, n, sampler="ddim", steps=50)
+    x, per_s = timed_samples(ldm, n=n, sampler="ddim", steps=50)
     seconds = pretrained.autoencoder(row.name).history["seconds"] + artifact.history["seconds"]
-    rows["ldm"] = dict(train_seconds=seconds, samples_per_s=m["per_s"], fid=m["fid"], fid_se=m["fid_se"],
-                       kid=m["kid"], edge_ratio=edge_ratio(m["x"], judge.x_test), bpd=None, bpd_se=None,
-                       x=m["x"][:20], loss=artifact.history["loss"])
+    rows["ldm"] = measured(x, per_s, seconds, artifact.history["loss"])
     return {"rows": rows, "samples": n, "bpd_parts": {k: v for k, v in bound.items() if k not in ("bpd", "bpd_se")}}

@@ -26,7 +26,7 @@ import torch
 from .autoencoder import PixelSpace
 from .checks import check_images, check_int
 from .pipeline import LatentDiffusion
-from .schedules import predict_x0_from_eps, q_sample, randn_like
+from .schedules import predict_x0_from_eps, q_sample, randn_like, rng_device
 
 
 def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor | float,
@@ -91,7 +91,7 @@ def ddpm_terms(ldm: LatentDiffusion, x: torch.Tensor, strata: int = 100,
     edges = torch.linspace(1, T, strata + 1).round().long().tolist()  # runs [edges[k], edges[k + 1]) of 1 .. T-1
     diffusion = torch.zeros(batch, dtype=torch.float64)
     for lo, hi in zip(edges, edges[1:]):
-        u = torch.rand(batch, generator=generator, device=generator.device if generator is not None else "cpu")
+        u = torch.rand(batch, generator=generator, device=rng_device(generator, "cpu"))
         t = (lo + (u * (hi - lo)).long().clamp_max(hi - lo - 1)).to(device)
         weight = 0.5 * (snr_prev[t] - snr[t]) * (hi - lo)
         diffusion += per_image(weight.view(-1, *[1] * (x.dim() - 1)) * (x - x0_hat(t)).double() ** 2)

@@ -20,6 +20,7 @@ from .autoencoder import AutoencoderConfig
 from .budget import BUDGETS, get_budget
 from .schedules import SCHEDULES, alpha_bar_from_betas
 from .checks import check_finite, check_int
+from .flows import BUILDERS
 from .train import PREDICTIONS, lr_factor
 from .unet import UNetConfig
 
@@ -143,7 +144,7 @@ class SuperResolutionRecipe:
                              f"got {self.factor}")
 
 
-FLOW_KINDS = ("nice", "realnvp", "glow")
+FLOW_KINDS = tuple(BUILDERS)  # nice, realnvp, glow: the builders of ldm_core.flows
 
 
 @dataclass(frozen=True)
@@ -322,9 +323,17 @@ def diffusion_recipe(budget: str | None, conditional: bool, space: str = "kl_f4"
     first_stage = None if space == "pixel" else autoencoder_study(row.name)[space]
     channels, f = (1, 1) if first_stage is None else (first_stage.config.latent_channels, first_stage.config.f)
     other = dataclasses.replace(recipe, autoencoder=first_stage, unet=dataclasses.replace(unet, in_channels=channels))
-    steps = round(recipe.steps * _flops(recipe, 32 // recipe.autoencoder.config.f) / _flops(other, 32 // f))
-    steps = max(steps, 1)
-    return dataclasses.replace(other, steps=steps, warmup_steps=min(recipe.warmup_steps, steps // 10))
+    return _with_equal_compute(other, recipe)
+
+
+def _with_equal_compute(recipe: DiffusionRecipe, reference: DiffusionRecipe) -> DiffusionRecipe:
+    """``recipe`` with as many steps (at least 1) as buy ``reference``'s training FLOPs, each recipe on 32x32 images
+    through its own first stage, and its warm-up at most a tenth of them."""
+    def size(r: DiffusionRecipe) -> int:
+        return 32 if r.autoencoder is None else 32 // r.autoencoder.config.f
+
+    steps = max(round(reference.steps * _flops(reference, size(reference)) / _flops(recipe, size(recipe))), 1)
+    return dataclasses.replace(recipe, steps=steps, warmup_steps=min(reference.warmup_steps, steps // 10))
 
 
 def _flops(recipe: DiffusionRecipe, size: int) -> int:
@@ -397,6 +406,4 @@ def ddpm_recipe(budget: str | None = None) -> DiffusionRecipe:
                                channels=latent.unet.channels // f,
                                channel_mult=tuple(2 ** k for k in range(levels))
                                + tuple(f * m for m in latent.unet.channel_mult))
-    pixel = dataclasses.replace(latent, autoencoder=None, unet=unet)
-    steps = max(round(latent.steps * _flops(latent, 32 // f) / _flops(pixel, 32)), 1)
-    return dataclasses.replace(pixel, steps=steps, warmup_steps=min(latent.warmup_steps, steps // 10))
+    return _with_equal_compute(dataclasses.replace(latent, autoencoder=None, unet=unet), latent)
