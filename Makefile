@@ -41,8 +41,8 @@ $(CHROMIUM):
 #    $(SMOKE)/cache and the executed chapters, with their outputs, in $(SMOKE)/executed;
 # 2. the book, built from those executed chapters (the sources copied to $(SMOKE)/src, execution off: one execution
 #    of every chapter, not two) as `make book` builds it (warnings are errors, sliders pre-rendered);
-# 3. the unit tests, the benchmark's test (from a copy of those models) and the browser test over every page of
-#    that build (tests/browser), one at a time (two at a time with one thread each was no faster on a fresh clone).
+# 3. the unit tests, the benchmark's tests (from a copy of those models, one test per part of the benchmark) and the
+#    browser test over every page of that build (tests/browser), two at a time with one thread each.
 SMOKE_ENV := LDM_BUDGET=smoke LDM_SMOKE_CACHE=$(CURDIR)/$(SMOKE)/cache TQDM_DISABLE=1 LDM_STATIC_HTML=1
 test: $(STAMP) $(CHROMIUM)
 	rm -rf $(SMOKE)
@@ -55,7 +55,7 @@ test: $(STAMP) $(CHROMIUM)
 	grep -q 'execute_notebooks: "off"' $(SMOKE)/src/_config.yml
 	$(SMOKE_ENV) $(BIN)/jupyter-book build $(SMOKE)/src --warningiserror --nitpick --keep-going
 	$(SMOKE_ENV) LDM_BOOK_HTML=$(CURDIR)/$(SMOKE)/src/_build/html LDM_CHROMIUM=$(CHROMIUM) \
-		$(BIN)/python -m pytest tests --durations=15
+		OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -n 2 --durations=15
 
 clean:
 	rm -rf _build
