@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 from .schedules import rng_device
 
@@ -109,6 +108,10 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """
     if x.shape != y.shape or x.dim() != 4:
         raise ValueError(f"x and y must be (B, C, H, W) of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    # imported here: torchmetrics (with the torchvision and scipy it loads) adds about 2 s to every process that
+    # imports this module, and most chapters measure no SSIM
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return structural_similarity_index_measure(x.float(), y.float(), data_range=1.0, reduction="none")
 
 

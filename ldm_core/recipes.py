@@ -210,13 +210,13 @@ class Budget:
 BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
     Budget(
         name="smoke",
-        classifier=ClassifierRecipe(width=8, steps=150, batch_size=32),
-        autoencoder=AutoencoderRecipe(config=AutoencoderConfig.tiny(), steps=80, batch_size=32),
+        classifier=ClassifierRecipe(width=8, steps=100, batch_size=32),
+        autoencoder=AutoencoderRecipe(config=AutoencoderConfig.tiny(), steps=40, batch_size=32),
         unet=UNetConfig.tiny(),
-        steps_unconditional=80, steps_conditional=80, batch_size=32, lr=2e-3, warmup_steps=10, ema_decay=0.9,
-        text_steps=80, text_lr=2e-3, text_canvases=1000, inpaint_steps=80, superres_steps=80,
+        steps_unconditional=40, steps_conditional=40, batch_size=32, lr=2e-3, warmup_steps=5, ema_decay=0.9,
+        text_steps=40, text_lr=2e-3, text_canvases=1000, inpaint_steps=40, superres_steps=40,
         naive_epochs=(5, 10), flow_width=8, flow_steps=40,
-        samples=30, sweep_samples=30, generative_samples=10, kid_subset=30, bootstrap=10, study_steps=80,
+        samples=20, sweep_samples=20, generative_samples=10, kid_subset=20, bootstrap=10, study_steps=40,
         claims=False, min_psnr=0.0, min_classifier_accuracy=0.3, min_cond_accuracy=0.0, min_both_correct=0.0,
     ),
     Budget(

