@@ -150,13 +150,15 @@ def measure_unconditional(row: Budget, judge: Judge) -> dict:
 
 
 def measure_conditional(row: Budget, judge: Judge) -> dict:
-    """Chapter 3 (guidance 1 and 3, ``samples`` each) and chapter 4 (DDIM 50 against DDPM 1000, guidance 1,
+    """Chapter 3 (guidance 1 and 3, and guidance 1 with DDIM's eta = 1, ``samples`` each) and chapter 4 (DDIM 50 against DDPM 1000, guidance 1,
     ``sweep_samples`` each): the class-conditional model."""
     model, _ = pretrained.latent_diffusion(row.name, conditional=True)
     ldm = {}
     for scale in (1, 3):
         m = measure_samples(model, judge, row.samples, sampler="ddim", steps=50, guidance_scale=float(scale))
         ldm[f"cond_accuracy_guidance_{scale}"] = m["accuracy"]
+    m = measure_samples(model, judge, row.samples, sampler="ddim", steps=50, eta=1.0)  # fresh noise at each step
+    ldm["cond_accuracy_guidance_1_eta_1"] = m["accuracy"]
     ddim = measure_samples(model, judge, row.sweep_samples, sampler="ddim", steps=50)
     ddpm = measure_samples(model, judge, row.sweep_samples, sampler="ddpm", steps=model.T)
     ldm["fid_ddim_50"], ldm["fid_ddim_50_se"], ldm["ddim_50_samples_per_s"] = ddim["fid"], ddim["fid_se"], ddim["per_s"]

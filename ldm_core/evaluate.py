@@ -126,6 +126,23 @@ def fid_gap(a: dict, b: dict) -> float:
     return (b["fid"] - a["fid"]) / (a["fid_se"] ** 2 + b["fid_se"] ** 2) ** 0.5
 
 
+def accuracy_gap(a: dict, b: dict) -> float:
+    """How many standard errors b's conditional accuracy lies above a's, for two measurements of
+    :func:`measure_samples` (``accuracy`` in [0, 1] of ``len(labels)`` samples each): (p_b - p_a) / sqrt(p_a (1 - p_a)
+    / n_a + p_b (1 - p_b) / n_b), the binomial standard error of a difference of independent fractions (for two
+    measurements from the same noise and labels, as the chapters' are, a conservative one). Positive: b labels more
+    samples right. Beyond about 2 in size, more than noise.
+
+    Raises:
+        ValueError: if both fractions are 0 or both 1 (no spread to measure the difference in).
+    """
+    (p_a, n_a), (p_b, n_b) = [(float(m["accuracy"]), len(m["labels"])) for m in (a, b)]
+    variance = p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b
+    if variance == 0:
+        raise ValueError(f"accuracies {p_a} and {p_b} have no binomial spread: their gap has no standard error")
+    return (p_b - p_a) / variance ** 0.5
+
+
 def seconds_to_reach(curve: list[dict], fid: float) -> tuple[float, bool]:
     """When a training curve (:func:`ldm_core.train.train`'s monitor points: dicts with ``seconds`` and ``fid``)
     first reaches a FID: the training seconds, interpolated linearly between the two measured points around the

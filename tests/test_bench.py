@@ -18,8 +18,9 @@ UNCONDITIONAL_KEYS = {"fid", "fid_se", "kid", "train_ms_per_step_latent_f4", "tr
                       "race_fid_latent_f4", "race_fid_pixel", "race_fid_latent_f4_se", "race_fid_pixel_se",
                       "samples_per_s_latent_f4", "samples_per_s_pixel", "train_steps_latent_f4", "train_steps_pixel",
                       "train_seconds_latent_f4", "train_seconds_pixel"}
-CONDITIONAL_KEYS = {"cond_accuracy_guidance_1", "cond_accuracy_guidance_3", "fid_ddim_50", "fid_ddim_50_se",
-                    "fid_ddpm_1000", "fid_ddpm_1000_se", "ddim_50_samples_per_s", "ddpm_1000_samples_per_s"}
+CONDITIONAL_KEYS = {"cond_accuracy_guidance_1", "cond_accuracy_guidance_3", "cond_accuracy_guidance_1_eta_1",
+                    "fid_ddim_50", "fid_ddim_50_se", "fid_ddpm_1000", "fid_ddpm_1000_se", "ddim_50_samples_per_s",
+                    "ddpm_1000_samples_per_s"}
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ldm_core.evaluate import fid_gap, seconds_to_reach
+from ldm_core.evaluate import accuracy_gap, fid_gap, seconds_to_reach
 from ldm_core.metrics import (DigitClassifier, accuracy, fid, fid_bootstrap_se, frechet_distance, kid, psnr, random_shift,
                               reconstruction_scores, ssim)
 
@@ -137,3 +137,12 @@ def test_seconds_to_reach_interpolates_or_bounds():
 def test_fid_gap_is_the_difference_in_combined_standard_errors():
     a, b = {"fid": 100.0, "fid_se": 3.0}, {"fid": 110.0, "fid_se": 4.0}
     assert fid_gap(a, b) == 2.0 and fid_gap(b, a) == -2.0  # 10 / sqrt(9 + 16)
+
+
+def test_accuracy_gap_is_the_difference_in_binomial_standard_errors():
+    labels = torch.zeros(100, dtype=torch.int64)
+    a, b = {"accuracy": 0.8, "labels": labels}, {"accuracy": 0.9, "labels": labels}
+    se = (0.8 * 0.2 / 100 + 0.9 * 0.1 / 100) ** 0.5  # 0.05
+    assert accuracy_gap(a, b) == pytest.approx(0.1 / se) and accuracy_gap(b, a) == pytest.approx(-0.1 / se)
+    with pytest.raises(ValueError, match="no binomial spread"):
+        accuracy_gap({"accuracy": 1.0, "labels": labels}, {"accuracy": 1.0, "labels": labels})
