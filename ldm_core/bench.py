@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import time
@@ -73,7 +74,7 @@ def run_chapters(budget: str, keep: Path | None = None,
             NotebookClient(notebook, timeout=3600, kernel_name="python3",
                            resources={"metadata": {"path": str(BOOK)}}).execute()
         except CellExecutionError as error:
-            errors[path.stem] = str(error)[-2000:]
+            errors[path.stem] = re.sub(r"\x1b\[[0-9;]*m", "", str(error))[-2000:]  # without the terminal's colours
         seconds[path.stem] = round(time.perf_counter() - start, 1)
         print(f"{path.stem}: {seconds[path.stem]} s{' FAILED' if path.stem in errors else ''}", flush=True)
         save(seconds, errors)
@@ -150,8 +151,8 @@ def measure_unconditional(row: Budget, judge: Judge) -> dict:
 
 
 def measure_conditional(row: Budget, judge: Judge) -> dict:
-    """Chapter 3 (guidance 1 and 3, and guidance 1 with DDIM's eta = 1, ``samples`` each) and chapter 4 (DDIM 50 against DDPM 1000, guidance 1,
-    ``sweep_samples`` each): the class-conditional model."""
+    """Chapter 3 (guidance 1 and 3, and guidance 1 with DDIM's eta = 1, ``samples`` each) and chapter 4 (DDIM 50
+    against DDPM 1000, guidance 1, ``sweep_samples`` each): the class-conditional model."""
     model, _ = pretrained.latent_diffusion(row.name, conditional=True)
     ldm = {}
     for scale in (1, 3):
