@@ -151,17 +151,18 @@ def measure_unconditional(row: Budget, judge: Judge) -> dict:
 
 
 def measure_conditional(row: Budget, judge: Judge) -> dict:
-    """Chapter 3 (guidance 1 and 3, and guidance 1 with DDIM's eta = 1, ``samples`` each) and chapter 4 (DDIM 50
-    against DDPM 1000, guidance 1, ``sweep_samples`` each): the class-conditional model."""
+    """Chapter 3 (guidance 1 and 3, and guidance 1 with DDIM's eta = 1) and chapter 4 (DDIM 50 against DDPM 1000,
+    guidance 1): the class-conditional model, ``samples`` each."""
     model, _ = pretrained.latent_diffusion(row.name, conditional=True)
-    ldm = {}
+    ldm, by_scale = {}, {}
     for scale in (1, 3):
-        m = measure_samples(model, judge, row.samples, sampler="ddim", steps=50, guidance_scale=float(scale))
-        ldm[f"cond_accuracy_guidance_{scale}"] = m["accuracy"]
+        by_scale[scale] = measure_samples(model, judge, row.samples, sampler="ddim", steps=50,
+                                          guidance_scale=float(scale))
+        ldm[f"cond_accuracy_guidance_{scale}"] = by_scale[scale]["accuracy"]
     m = measure_samples(model, judge, row.samples, sampler="ddim", steps=50, eta=1.0)  # fresh noise at each step
     ldm["cond_accuracy_guidance_1_eta_1"] = m["accuracy"]
-    ddim = measure_samples(model, judge, row.sweep_samples, sampler="ddim", steps=50)
-    ddpm = measure_samples(model, judge, row.sweep_samples, sampler="ddpm", steps=model.T)
+    ddim = by_scale[1]  # chapter 4's DDIM 50 with eta 0 is chapter 3's guidance 1: the same call
+    ddpm = measure_samples(model, judge, row.samples, sampler="ddpm", steps=model.T)
     ldm["fid_ddim_50"], ldm["fid_ddim_50_se"], ldm["ddim_50_samples_per_s"] = ddim["fid"], ddim["fid_se"], ddim["per_s"]
     ldm["fid_ddpm_1000"], ldm["fid_ddpm_1000_se"] = ddpm["fid"], ddpm["fid_se"]
     ldm["ddpm_1000_samples_per_s"], ldm["cond_accuracy_ddpm_1000"] = ddpm["per_s"], ddpm["accuracy"]
