@@ -190,8 +190,8 @@ class Budget:
     flow_width: int  # appendix B's flows: hidden channels of their coupling networks
     flow_steps: int  # appendix B's flows: optimiser steps each (batch_size digits a step)
     # what is measured, by the chapters and the benchmark alike (ldm_core.evaluate)
-    samples: int  # generated images per FID / accuracy (chapters 2, 3 and 5, and their benchmark keys)
-    sweep_samples: int  # per setting of chapter 4's sweeps (and the benchmark's sampler keys)
+    samples: int  # generated images per FID / accuracy (chapters 2, 3, 5, chapter 4's samplers, their benchmark keys)
+    sweep_samples: int  # per setting of chapter 4's sweeps over steps and guidance, and of chapter 2's race
     generative_samples: int  # appendix B: samples per model, and test digits for bits/dim (DDPM samples T steps)
     kid_subset: int  # KID's subset size (at most the number of samples)
     bootstrap: int  # resamples of a FID's bootstrap standard error
