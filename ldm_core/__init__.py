@@ -33,4 +33,4 @@ One concept a module (the book's architecture; each module names the chapter tha
 - :mod:`ldm_core.bench`: the benchmark, ``python -m ldm_core.bench``.
 """
 
-__version__ = "0.9.2"
+__version__ = "0.10.0"

@@ -41,7 +41,7 @@ from .evaluate import (INPAINTING_METHODS, SUPERRES_METHODS, Judge, completion_d
                        superres_table)
 from .metrics import reconstruction_scores
 from .recipes import Budget, DiffusionRecipe, autoencoder_study, budget_table, diffusion_recipe
-from .train import diffusion_loss
+from .train import adamw, diffusion_loss
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
 
@@ -92,7 +92,7 @@ def train_ms_per_step(model: nn.Module, z0: torch.Tensor, cond=None, steps: int 
     device = z0.device
     if channels_last:
         model, z0 = model.to(memory_format=torch.channels_last), z0.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = adamw(model.parameters(), 1e-4)
     alpha_bar = torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
     times = []
     for _ in range(steps + 2):

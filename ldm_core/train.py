@@ -15,6 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from .attention import explicit_attention
 from .cache import Checkpoint, load_checked, save_atomic
 from .checks import check_finite, check_int
 from .conditioning import condition_dropout
@@ -118,11 +119,11 @@ def diffusion_loss(model: nn.Module, z0: torch.Tensor, alpha_bar: torch.Tensor, 
 def training_flops(model: nn.Module, z0: torch.Tensor, cond=None) -> int:
     """Floating-point operations of one training step of ``model`` on the batch ``z0``: the forward and backward
     pass of :func:`diffusion_loss`, counted by ``torch.utils.flop_counter`` (matrix products and convolutions,
-    the bulk of the work; elementwise operations are not counted). Deterministic, unlike a wall-clock time,
+    the bulk of the work, attention's included; elementwise operations are not counted). Deterministic, unlike a wall-clock time,
     so it can decide step counts; the optimiser's update is not included."""
     alpha_bar = torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter, explicit_attention():  # attention's matrix products as written, which the counter sees
         diffusion_loss(model, z0, alpha_bar, cond, torch.Generator(z0.device).manual_seed(0)).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
@@ -164,6 +165,17 @@ def make_ema(model: nn.Module, decay: float, warmup: bool = True) -> AveragedMod
         get_ema_multi_avg_fn(ema_decay_at(int(num_averaged) + 1, decay, warmup))(ema_params, params, num_averaged)
 
     return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
+def adamw(parameters, lr: float) -> torch.optim.AdamW:
+    """AdamW without weight decay (that is, Adam; Loshchilov & Hutter 2019), the optimiser of every model here.
+
+    Its fused implementation (one kernel for all parameters) where torch has one for the parameters' device (CPU
+    and CUDA): the same update up to float rounding, 7-8x faster than the per-tensor one for the book's UNet (1.2
+    against 7.5-9.3 ms a step, 209 tensors, 2 CPU cores), which is 7-9% of a whole training step there."""
+    parameters = list(parameters)
+    fused = all(p.device.type in ("cpu", "cuda") for p in parameters)
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0, fused=fused)
 
 
 def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: str,
@@ -220,9 +232,8 @@ def train(model: nn.Module, loss_fn: Callable, *, steps: int, lr: float, desc: s
     steps = check_int("steps", steps, 1)
     checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
     lr = check_finite("lr", lr, low=0.0, open_low=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    d_optimizer = (torch.optim.AdamW(discriminator.parameters(), lr=discriminator_lr or lr, weight_decay=0.0)
-                   if discriminator is not None else None)
+    optimizer = adamw(model.parameters(), lr)
+    d_optimizer = adamw(discriminator.parameters(), discriminator_lr or lr) if discriminator is not None else None
     lr_factor(0, steps, warmup_steps, lr_decay)  # validates the schedule before any work
     monitor_at = None  # the step counts to monitor after, when given as a collection
     if monitor is not None and isinstance(monitor_every, Collection):

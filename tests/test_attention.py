@@ -1,28 +1,70 @@
+import contextlib
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ldm_core.attention import Attention, SpatialTransformer, position_encoding_2d
+from ldm_core.attention import Attention, explicit_attention, SpatialTransformer, position_encoding_2d
 
 
 def reference(attention: Attention, x, context):
-    """The same projections through PyTorch's fused scaled_dot_product_attention."""
+    """The same projections, with the attention of every head written out as sums (Vaswani et al. 2017, Eq. 1)."""
     B, N, D = x.shape
     heads, d = attention.heads, attention.d_head
-    split = lambda t: t.view(B, -1, heads, d).transpose(1, 2)  # noqa: E731  (B, heads, L, d)
-    out = F.scaled_dot_product_attention(split(attention.to_q(x)), split(attention.to_k(context)),
-                                         split(attention.to_v(context)))
-    return attention.to_out(out.transpose(1, 2).reshape(B, N, D))
+    split = lambda t: t.view(B, -1, heads, d)  # noqa: E731  (B, L, heads, d)
+    q, k, v = split(attention.to_q(x)), split(attention.to_k(context)), split(attention.to_v(context))
+    weights = torch.einsum("bnhd,bmhd->bhnm", q, k).div(math.sqrt(d)).softmax(-1)
+    return attention.to_out(torch.einsum("bhnm,bmhd->bnhd", weights, v).reshape(B, N, D))
 
 
+@pytest.mark.parametrize("explicit", [True, False])
 @pytest.mark.parametrize("d_context", [None, 12])
-def test_attention_equals_pytorch_reference(d_context):
+def test_attention_equals_the_written_out_reference_on_both_paths(d_context, explicit):
+    """As written (explicit_attention, and whenever weights are kept) and through torch's fused kernel (the
+    default): the same outputs and the same gradients."""
     attention = Attention(16, d_context, heads=4).double()
-    x = torch.randn(3, 10, 16, dtype=torch.float64)
+    x = torch.randn(3, 10, 16, dtype=torch.float64, requires_grad=True)
     context = x if d_context is None else torch.randn(3, 5, d_context, dtype=torch.float64)
-    torch.testing.assert_close(attention(x, None if d_context is None else context), reference(attention, x, context))
+    with explicit_attention() if explicit else contextlib.nullcontext():
+        out = attention(x, None if d_context is None else context)
+    expected = reference(attention, x, context)
+    torch.testing.assert_close(out, expected)
+    probe = torch.randn_like(out)
+    grad, = torch.autograd.grad((out * probe).sum(), x)
+    expected_grad, = torch.autograd.grad((expected * probe).sum(), x)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def test_the_fused_path_is_deterministic_and_agrees_in_float32():
+    attention = Attention(64, None, heads=4)
+    x = torch.randn(8, 256, 64)  # the pixel UNet's 16x16 tokens, where the fused kernel is used for speed
+    first, second = attention(x), attention(x)
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, reference(attention, x, x), rtol=1e-4, atol=1e-5)
+
+
+def test_flops_are_counted_as_written_whichever_path_runs():
+    """torch's FLOP counter does not see the fused kernel on a CPU; training_flops counts attention as written:
+    forward Q K^T and (weights) V, 2 N M d each, and their backward twice that, per head and example."""
+    from ldm_core.train import training_flops
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = Attention(8, None, heads=2)
+
+        def forward(self, z, t, cond):  # z (1, 1, 16, 8): 16 tokens of width 8
+            return self.attention(z[:, 0]).unsqueeze(1)
+
+    model, z0 = Model(), torch.randn(1, 1, 16, 8)
+    N, d, heads, width = 16, 4, 2, 8
+    # q, k, v: forward and weight gradient (their input, the data, needs none); out: forward and both gradients
+    projections = 2 * (2 * N * width * width) * 3 + 3 * (2 * N * width * width)
+    products = 3 * (2 * N * N * d) * 2 * heads  # forward and the two gradients of Q K^T and of (weights) V
+    assert training_flops(model, z0) == projections + products
+    with explicit_attention():
+        assert training_flops(model, z0) == projections + products
 
 
 def test_attention_weights_rows_sum_to_one():
