@@ -16,9 +16,9 @@ One concept a module (the book's architecture; each module names the chapter tha
 - :mod:`ldm_core.train`: the one training loop (EMA, checkpoint and resume) and the diffusion objective.
 - :mod:`ldm_core.pipeline`: the LDM as a whole: encode, sample, decode.
 - :mod:`ldm_core.inpainting`: hole masks, the mask on the latent grid, the inpainting model's condition and
-  completions (chapter 6).
+  completions (chapter 7).
 - :mod:`ldm_core.superres`: downsampling and other degradations, and super-resolution by the LDM and by the
-  regression baseline (chapter 7).
+  regression baseline (chapter 8).
 - :mod:`ldm_core.naive`: a naive latent diffusion (flat VAE latent, an MLP denoiser, its sampler) and the
   switches that repair it (appendix A).
 - :mod:`ldm_core.flows`: normalising flows (NICE, RealNVP, Glow) with exact likelihoods (appendix B).

@@ -16,18 +16,20 @@ import torch.nn.functional as F
 
 
 _explicit = False  # set by explicit_attention
+# query-key pairs per head from which an Attention calls torch's fused kernel (unless its weights are kept): the pixel
+# UNet's 16x16 = 256 tokens (65,536 pairs) train 1.5x and sample 1.7x faster with it on 2 CPU cores; the latent
+# UNets' 4x4 = 16 tokens and the captions' 8 words gain nothing, and keep the written-out form
+FUSED_MIN_PAIRS = 4096
 
 
 @contextmanager
 def explicit_attention():
     """Every :class:`Attention` computes softmax(Q K^T / sqrt(d)) V as written while the block is open.
 
-    Outside it, an attention whose weights are not kept (``keep_weights``) calls torch's fused
-    ``scaled_dot_product_attention``: the same function (tests/test_attention.py), without storing the
-    (B, heads, N, M) weights, which at the pixel UNet's 16x16 = 256 tokens makes a training step 1.5x and sampling
-    1.7x faster on 2 CPU cores (the latent UNet's 4x4 = 16 tokens gain nothing). Open it where the matrix products
-    must be seen: torch's FLOP counter does not count the fused kernel on a CPU
-    (:func:`ldm_core.train.training_flops`).
+    Outside it, an attention of at least :data:`FUSED_MIN_PAIRS` query-key pairs whose weights are not kept
+    (``keep_weights``) calls torch's fused ``scaled_dot_product_attention``: the same function
+    (tests/test_attention.py), without storing the (B, heads, N, M) weights. Open it where the matrix products must
+    be seen: torch's FLOP counter does not count the fused kernel on a CPU (:func:`ldm_core.train.training_flops`).
     """
     global _explicit
     before, _explicit = _explicit, True
@@ -64,7 +66,7 @@ class Attention(nn.Module):
         self.keep_weights = False
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, N, d_query), context (B, M, d_context) or None -> (B, N, d_query). Taught in chapter 3."""
+        """x (B, N, d_query), context (B, M, d_context) or None -> (B, N, d_query). Taught in chapter 4."""
         if x.dim() != 3 or x.shape[-1] != self.d_query:
             raise ValueError(f"x must be (B, N, {self.d_query}), got {tuple(x.shape)}")
         context = x if context is None else context
@@ -75,13 +77,13 @@ class Attention(nn.Module):
         q = self.to_q(x).view(B, N, self.heads, self.d_head).transpose(1, 2)  # (B, heads, N, d)
         k = self.to_k(context).view(B, M, self.heads, self.d_head).transpose(1, 2)  # (B, heads, M, d)
         v = self.to_v(context).view(B, M, self.heads, self.d_head).transpose(1, 2)  # (B, heads, M, d)
-        if self.keep_weights or _explicit:
+        if self.keep_weights or _explicit or N * M < FUSED_MIN_PAIRS:
             # softmax(Q K^T / sqrt(d)) V
             weights = torch.softmax(q @ k.transpose(-2, -1) / self.d_head**0.5, dim=-1)  # (B, heads, N, M)
             if self.keep_weights:
                 self.last_weights = weights.detach()
             out = weights @ v  # (B, heads, N, d)
-        else:  # the same, in torch's fused kernel, which never stores the (N, M) weights: see explicit_attention
+        else:  # the same, in torch's fused kernel, which never stores the (N, M) weights (FUSED_MIN_PAIRS)
             out = F.scaled_dot_product_attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(B, N, self.d_query))  # (B, N, heads * d) -> (B, N, d_query)
 
@@ -147,12 +149,12 @@ class SpatialTransformer(nn.Module):
 
     GroupNorm -> 1x1 projection in -> flatten to tokens, + a fixed 2-D position encoding -> a
     :class:`TransformerBlock` (self-attention -> cross-attention to ``context`` -> feed-forward, each pre-LayerNorm,
-    residual) -> 1x1 projection out (zero-initialised) -> + input. Taught in chapter 3.
+    residual) -> 1x1 projection out (zero-initialised) -> + input. Taught in chapter 4.
 
     The position encoding (:func:`position_encoding_2d`) is this book's addition: the reference code has none, and
     its deep UNet learns where a feature is from the borders that zero padding reveals. The book's UNet is shallow,
     and without it a token cannot tell the left half of a canvas from the right, so a caption like "3 left of 7"
-    could not be followed (chapter 5).
+    could not be followed (chapter 6).
 
     Args:
         channels: C of the feature map.

@@ -6,7 +6,7 @@
 
 The second form is the study of quality per CPU-second (chapter 2): the class-conditional model trained with one
 change at a time from the book's recipe, measured along each run, and the cost of a training step under each
-CPU option (:func:`study`, :func:`throughput`). The third is the compression trade-off (chapter 2, paper Sec. 4.1):
+CPU option (:func:`study`, :func:`throughput`). The third is the compression trade-off (chapter 3, paper Sec. 4.1):
 the unconditional model on pixels and in the latent spaces f = 2, 4, 8, measured along each run (:func:`tradeoff`).
 
 Runs every chapter at the budget (which trains and caches the models; a warm cache is reused), then measures
@@ -118,7 +118,7 @@ def _fresh_batch(recipe: DiffusionRecipe) -> tuple[nn.Module, torch.Tensor, torc
 
 
 def measure_autoencoders(row: Budget, judge: Judge) -> dict:
-    """Chapter 1: every autoencoder of the study on the test digits; the book's (kl_f4) with its latent scaling."""
+    """Chapters 1 and 3: every autoencoder of the study on the test digits; the book's (kl_f4) with its latent scaling."""
     result = {}
     for name, recipe in autoencoder_study(row.name).items():
         model = pretrained.autoencoder(recipe=recipe).model
@@ -132,7 +132,7 @@ def measure_autoencoders(row: Budget, judge: Judge) -> dict:
 
 
 def measure_unconditional(row: Budget, judge: Judge) -> dict:
-    """Chapter 2: the unconditional latent model (``samples``), and its race against the same UNet on pixels,
+    """Chapter 2: the unconditional latent model (``samples``); chapter 3: its race against the same UNet on pixels,
     trained with equal FLOPs (``sweep_samples`` each: the pixel model samples many times slower)."""
     ldm = {}
     for space, suffix in [("kl_f4", "latent_f4"), ("pixel", "pixel")]:
@@ -151,7 +151,7 @@ def measure_unconditional(row: Budget, judge: Judge) -> dict:
 
 
 def measure_conditional(row: Budget, judge: Judge) -> dict:
-    """Chapter 3 (guidance 1 and 3, and guidance 1 with DDIM's eta = 1) and chapter 4 (DDIM 50 against DDPM 1000,
+    """Chapter 4 (guidance 1 and 3, and guidance 1 with DDIM's eta = 1) and chapter 5 (DDIM 50 against DDPM 1000,
     guidance 1): the class-conditional model, ``samples`` each."""
     model, _ = pretrained.latent_diffusion(row.name, conditional=True)
     ldm, by_scale = {}, {}
@@ -161,7 +161,7 @@ def measure_conditional(row: Budget, judge: Judge) -> dict:
         ldm[f"cond_accuracy_guidance_{scale}"] = by_scale[scale]["accuracy"]
     m = measure_samples(model, judge, row.samples, sampler="ddim", steps=50, eta=1.0)  # fresh noise at each step
     ldm["cond_accuracy_guidance_1_eta_1"] = m["accuracy"]
-    ddim = by_scale[1]  # chapter 4's DDIM 50 with eta 0 is chapter 3's guidance 1: the same call
+    ddim = by_scale[1]  # chapter 5's DDIM 50 with eta 0 is chapter 4's guidance 1: the same call
     ddpm = measure_samples(model, judge, row.samples, sampler="ddpm", steps=model.T)
     ldm["fid_ddim_50"], ldm["fid_ddim_50_se"], ldm["ddim_50_samples_per_s"] = ddim["fid"], ddim["fid_se"], ddim["per_s"]
     ldm["fid_ddpm_1000"], ldm["fid_ddpm_1000_se"] = ddpm["fid"], ddpm["fid_se"]
@@ -170,7 +170,7 @@ def measure_conditional(row: Budget, judge: Judge) -> dict:
 
 
 def measure_text(row: Budget, judge: Judge) -> dict:
-    """Chapter 5: captions of seen and of held-out digit pairs, guidance 3, DDIM 50, ``samples`` each."""
+    """Chapter 6: captions of seen and of held-out digit pairs, guidance 3, DDIM 50, ``samples`` each."""
     text_ldm, _ = pretrained.text_diffusion(row.name)
     result = {"samples": row.samples}
     for pairs, key in [("seen", "both_correct_seen"), ("held_out", "both_correct_heldout")]:
@@ -179,7 +179,7 @@ def measure_text(row: Budget, judge: Judge) -> dict:
 
 
 def measure_inpainting(row: Budget, judge: Judge) -> dict:
-    """Chapter 6: every inpainting method on ``samples`` test digits per mask kind, with and without the label
+    """Chapter 7: every inpainting method on ``samples`` test digits per mask kind, with and without the label
     (:func:`~ldm_core.evaluate.inpainting_table`), and the diversity of 8 completions of ``samples`` / 8 half-masked
     digits (:func:`~ldm_core.evaluate.completion_diversity`)."""
     conditional, _ = pretrained.latent_diffusion(row.name, conditional=True)
@@ -201,7 +201,7 @@ def measure_inpainting(row: Budget, judge: Judge) -> dict:
 
 
 def measure_superres(row: Budget, judge: Judge) -> dict:
-    """Chapter 7: bicubic, regression and diffusion from 8x8 to 32x32 on ``samples`` test digits, for inputs made
+    """Chapter 8: bicubic, regression and diffusion from 8x8 to 32x32 on ``samples`` test digits, for inputs made
     by each degradation (:func:`~ldm_core.evaluate.superres_table`)."""
     models = {"regression": pretrained.superres_regression(row.name)[0],
               "diffusion": pretrained.superres_diffusion(row.name)[0]}
@@ -351,8 +351,8 @@ def _quality_monitor(first_stage: nn.Module, recipe: DiffusionRecipe, judge: Jud
     return monitor
 
 
-# The compression trade-off (chapter 2; paper Sec. 4.1, Fig. 6): the unconditional model of chapter 2 on pixels and
-# on the latents of the f = 2, 4, 8 autoencoders of chapter 1. Each latent run gets the training FLOPs of the book's
+# The compression trade-off (chapter 3; paper Sec. 4.1, Fig. 6): the unconditional model of chapter 2 on pixels and
+# on the latents of the f = 2, 4, 8 autoencoders of chapter 3. Each latent run gets the training FLOPs of the book's
 # f = 4 run (:func:`~ldm_core.recipes.diffusion_recipe` sets its steps); the pixel run, TRADEOFF_PIXEL_COMPUTE times
 # as much, so that its curve gets far enough to compare with. Each is measured at these fractions of its steps.
 TRADEOFF_PIXEL_COMPUTE = 3

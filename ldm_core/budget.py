@@ -4,7 +4,7 @@ One switch, the environment variable ``LDM_BUDGET``, chooses sizes and step coun
 
 - ``smoke``: tests and nbval; tiny models, a few steps, each chapter well under a minute on 2 CPU cores.
 - ``book``: the default, on a CPU or a GPU, and the HTML build; results worth looking at within 5 minutes a
-  chapter (chapter 5 within 8) on 2 CPU cores, faster on a GPU.
+  chapter (chapter 6 within 8) on 2 CPU cores, faster on a GPU.
 - ``full``: larger models for a GPU, opt-in only (``LDM_BUDGET=full``): its recipes have not been timed on a GPU
   yet, so CUDA alone does not select it.
 

@@ -93,7 +93,7 @@ def _draw_pairs(pairs: str, n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def two_digit_canvases(split: str, n: int, pairs: str = "seen", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Canvases of two real digits side by side, for the text-to-image task of chapter 5.
+    """Canvases of two real digits side by side, for the text-to-image task of chapter 6.
 
     Each canvas puts a digit of class ``left`` on the left 32x32 half and one of class ``right`` on the right,
     both drawn at random from ``split``; (left, right) is drawn uniformly from ``PAIRS[pairs]`` (``"seen"``: the
@@ -121,7 +121,7 @@ def two_digit_canvases(split: str, n: int, pairs: str = "seen", seed: int = 0) -
 
 def random_captions(pairs: str, n: int, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
     """n ordered digit pairs drawn uniformly from ``PAIRS[pairs]``, each captioned in a random phrasing: the
-    prompts of chapter 5's measurements. Returns (digits int64 (n, 2) as (left, right), captions). Deterministic
+    prompts of chapter 6's measurements. Returns (digits int64 (n, 2) as (left, right), captions). Deterministic
     given ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     digits = _draw_pairs(pairs, n, generator)

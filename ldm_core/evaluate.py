@@ -8,10 +8,10 @@ same arguments, so they are the same number (the benchmark, :mod:`ldm_core.bench
 - :func:`timed_samples`: samples and samples per second, decoding included.
 - :func:`measure_samples`: a generated set's FID (with its bootstrap standard error), KID and, for class labels,
   the conditional accuracy.
-- :func:`measure_captions`: chapter 5's both-digits-correct for seen or held-out pairs.
+- :func:`measure_captions`: chapter 6's both-digits-correct for seen or held-out pairs.
 - :func:`inpainting_table` (:func:`inpainting_inputs`, :func:`measure_inpainting`) and
-  :func:`completion_diversity`: chapter 6's completions, by each method of :data:`INPAINTING_METHODS`.
-- :func:`superres_table` (:func:`measure_superres`): chapter 7's super-resolution against its baselines.
+  :func:`completion_diversity`: chapter 7's completions, by each method of :data:`INPAINTING_METHODS`.
+- :func:`superres_table` (:func:`measure_superres`): chapter 8's super-resolution against its baselines.
 - :func:`naive_table`: appendix A's naive latent diffusion, repaired one change a row.
 - :func:`generative_table`: appendix B's flows, pixel DDPM and DDIM, and the LDM, measured alike.
 - :func:`attention_maps` and :func:`share_on_half`: where a caption's words are read on the canvas.
@@ -173,7 +173,7 @@ def seconds_to_reach(curve: list[dict], fid: float) -> tuple[float, bool]:
 
 def measure_captions(ldm: LatentDiffusion, judge: Judge, pairs: str, n: int, guidance_scale: float,
                      seed: int = 0, steps: int = 50) -> dict:
-    """Chapter 5's measurement: n captions of ``pairs`` (``"seen"`` or ``"held_out"``), each pair in a random
+    """Chapter 6's measurement: n captions of ``pairs`` (``"seen"`` or ``"held_out"``), each pair in a random
     phrasing, sampled with DDIM; a sample is right when both halves are the named digits in the named order.
 
     Returns:
@@ -285,8 +285,8 @@ def _complete(ldm: LatentDiffusion, x: torch.Tensor, labels: torch.Tensor, mask:
     return torch.cat([part["x"] for part in parts]), torch.cat([part["seam"] for part in parts])
 
 
-# Chapter 6's three ways to fill a hole and the sampler settings every measurement of them uses (the chapter's and
-# the benchmark's): the inpainting model (concatenation), and blended latents and RePaint on chapter 3's model, each
+# Chapter 7's three ways to fill a hole and the sampler settings every measurement of them uses (the chapter's and
+# the benchmark's): the inpainting model (concatenation), and blended latents and RePaint on chapter 4's model, each
 # with about 50 UNet evaluations per sample (RePaint: 10 steps, each but the last taken 5 times, 5 * 9 + 1 = 46).
 INPAINTING_METHODS = {"concat": dict(steps=50), "blended": dict(steps=50), "repaint": dict(steps=10, resample=5)}
 
@@ -297,7 +297,7 @@ def inpainting_table(models: dict[str, LatentDiffusion], judge: Judge, n: int, k
     with and without the label (:func:`measure_inpainting`).
 
     Args:
-        models: the model of each method: the inpainting model for ``"concat"``, chapter 3's for the others.
+        models: the model of each method: the inpainting model for ``"concat"``, chapter 4's for the others.
         kinds: mask kinds, in order of hole size.
 
     Returns:
@@ -341,7 +341,7 @@ def completion_diversity(ldm: LatentDiffusion, judge: Judge, x: torch.Tensor, la
                 x=completed.view(n, k, *x.shape[1:]))
 
 
-SUPERRES_METHODS = ("bicubic", "regression", "diffusion")  # chapter 7's ways from 8x8 to 32x32
+SUPERRES_METHODS = ("bicubic", "regression", "diffusion")  # chapter 8's ways from 8x8 to 32x32
 
 
 def measure_superres(x_hat: torch.Tensor, x: torch.Tensor, low: torch.Tensor, labels: torch.Tensor,
@@ -372,7 +372,7 @@ def superres_table(models: dict[str, LatentDiffusion], judge: Judge, n: int, deg
     of ``degradations`` (:func:`~ldm_core.superres.degrade`; the models were trained on ``"bicubic"`` only).
 
     Args:
-        models: ``{"regression": ..., "diffusion": ...}``, the two trained models of chapter 7.
+        models: ``{"regression": ..., "diffusion": ...}``, the two trained models of chapter 8.
         steps: DDIM steps of the diffusion model's samples.
 
     Returns:

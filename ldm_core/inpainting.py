@@ -1,4 +1,4 @@
-"""Masks for inpainting, and how a mask reaches the latent grid (chapter 6; paper Sec. 4.5).
+"""Masks for inpainting, and how a mask reaches the latent grid (chapter 7; paper Sec. 4.5).
 
 A mask is a float tensor (B, 1, H, W) of 0 and 1, where **1 marks the hole**, the pixels to be generated, and 0
 the known pixels, as in LaMa (Suvorov et al. 2022), whose protocol the paper's inpainting experiments follow
@@ -183,7 +183,7 @@ def inpaint(ldm, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, **sa
 
     - an inpainting model (:func:`ldm_core.pretrained.inpainting_diffusion`, a UNet with ``concat_channels``):
       it reads :func:`inpainting_condition` beside z_t, the paper's way (Sec. 4.5);
-    - a model that never saw a mask (chapter 3's): training-free, "blended" latents, the known latent cells (no
+    - a model that never saw a mask (chapter 4's): training-free, "blended" latents, the known latent cells (no
       pixel of theirs in the hole) replaced at every step by the masked image's latent noised to t
       (:func:`~ldm_core.samplers.ddim_sample`'s ``known``); with ``resample=U`` in ``sample_kwargs``, RePaint's
       resampling on top (Lugmayr et al. 2022).

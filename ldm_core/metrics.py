@@ -90,7 +90,7 @@ def accuracy(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def both_digits_correct(classifier: nn.Module, x: torch.Tensor, digits: torch.Tensor) -> float:
     """Fraction of two-digit canvases x (N, 1, 32, 64) in [-1, 1] whose left and right 32x32 halves the
-    classifier labels as ``digits`` (N, 2) = (left, right): chapter 5's text-to-image accuracy (chance: 1%)."""
+    classifier labels as ``digits`` (N, 2) = (left, right): chapter 6's text-to-image accuracy (chance: 1%)."""
     if x.dim() != 4 or x.shape[1:] != (1, 32, 64) or digits.shape != (x.shape[0], 2):
         raise ValueError(f"need x (N, 1, 32, 64) and digits (N, 2), got {tuple(x.shape)} and {tuple(digits.shape)}")
     left, right = predict(classifier, x[..., :32]).cpu(), predict(classifier, x[..., 32:]).cpu()

@@ -89,8 +89,8 @@ class LatentDiffusion:
             concat: the spatial condition of a UNet with ``concat_channels`` (B, concat_channels, h, w), at the
                 latent's resolution; it is the same in guidance's conditional and unconditional predictions.
             known: (z0_known, keep), scaled latents (B, c, h, w) and a mask that broadcasts to them (1 = known), for
-                inpainting without training: passed to the sampler (chapter 6's "blended" baseline).
-            resample: RePaint's U >= 1, passed to the sampler with ``known`` (chapter 6's resampling baseline).
+                inpainting without training: passed to the sampler (chapter 7's "blended" baseline).
+            resample: RePaint's U >= 1, passed to the sampler with ``known`` (chapter 7's resampling baseline).
             callback: passed to the sampler.
 
         Returns:

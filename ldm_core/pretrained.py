@@ -248,7 +248,7 @@ def caption_tokenizer(max_tokens: int = 8) -> Tokenizer:
 
 
 def text_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact]:
-    """The text-conditional LDM of chapter 5: 32x64 canvases of two digits, captioned in several phrasings,
+    """The text-conditional LDM of chapter 6: 32x64 canvases of two digits, captioned in several phrasings,
     encoded by the book's autoencoder (4x8x16 latents); the UNet, started from the class-conditional model's
     (:func:`warm_start`; that model is trained first if it is not cached), cross-attends to the tokens of a
     jointly trained :class:`~ldm_core.conditioning.TextEncoder`. Captions are drawn per step (a random phrasing
@@ -305,7 +305,7 @@ def _start_widened(model: Denoiser, recipe: DiffusionRecipe, what: str) -> None:
 
 
 def inpainting_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact]:
-    """The inpainting LDM (for chapter 6; paper Sec. 4.5) at ``budget`` (default
+    """The inpainting LDM (for chapter 7; paper Sec. 4.5) at ``budget`` (default
     :func:`~ldm_core.budget.get_budget`): the class-conditional model, its first convolution widened
     (:func:`~ldm_core.unet.widen_input`) to read the masked image's latent and the latent mask beside z_t
     (:func:`~ldm_core.inpainting.inpainting_condition`), fine-tuned on the training digits with masks drawn from the
@@ -340,7 +340,7 @@ def inpainting_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Ar
 
 
 def _superres(kind: str, budget: str | None) -> tuple[LatentDiffusion, Artifact]:
-    """Chapter 7's models, ``kind`` ``"superres-ldm"`` or ``"superres-regression"``: chapter 2's unconditional
+    """Chapter 8's models, ``kind`` ``"superres-ldm"`` or ``"superres-regression"``: chapter 2's unconditional
     model with its first convolution widened to read the low-resolution image, fine-tuned by the recipe."""
     recipe = superres_recipe(budget)
     d = recipe.diffusion
@@ -375,7 +375,7 @@ def _superres(kind: str, budget: str | None) -> tuple[LatentDiffusion, Artifact]
 
 
 def superres_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Artifact]:
-    """The super-resolution LDM (chapter 7; paper Sec. 4.4) at ``budget`` (default
+    """The super-resolution LDM (chapter 8; paper Sec. 4.4) at ``budget`` (default
     :func:`~ldm_core.budget.get_budget`): chapter 2's unconditional model, its first convolution widened to read the
     8x8 low-resolution image beside z_t (:func:`~ldm_core.superres.downsample` of each training digit), fine-tuned
     with chapter 2's objective. Chapter 2's model is trained first if it is not cached.
@@ -390,7 +390,7 @@ def superres_diffusion(budget: str | None = None) -> tuple[LatentDiffusion, Arti
 
 
 def superres_regression(budget: str | None = None) -> tuple[LatentDiffusion, Artifact]:
-    """The regression baseline of chapter 7 (the paper's "image regression", Tab. 5): the same widened UNet, from
+    """The regression baseline of chapter 8 (the paper's "image regression", Tab. 5): the same widened UNet, from
     the same start, trained for as many steps to output the scaled latent of the high-resolution image directly
     (mean squared error), from z_t = 0 at t = T - 1 and the low-resolution image.
 

@@ -107,7 +107,7 @@ class DiffusionRecipe:
 
 @dataclass(frozen=True)
 class TextDiffusionRecipe:
-    # UNet (d_context = the text width), schedule, optimiser, first stage; its warm_start is chapter 3's model,
+    # UNet (d_context = the text width), schedule, optimiser, first stage; its warm_start is chapter 4's model,
     # whose UNet weights start the text model's wherever names and shapes agree (all but the cross-attention's keys
     # and values, whose context is wider)
     diffusion: DiffusionRecipe
@@ -174,24 +174,24 @@ class Budget:
     autoencoder: AutoencoderRecipe  # the book's first stage (KL, f = 4 at every budget)
     unet: UNetConfig  # the diffusion UNet's widths; in_channels and d_context are set per model
     steps_unconditional: int  # chapter 2's latent model
-    steps_conditional: int  # chapter 3's class-conditional model, after chapter 2's model that it starts from
+    steps_conditional: int  # chapter 4's class-conditional model, after chapter 2's model that it starts from
     batch_size: int  # of every diffusion model
     lr: float  # peak learning rate, after `warmup_steps` of linear warm-up, then a cosine decay
     warmup_steps: int
     ema_decay: float
-    text_steps: int  # chapter 5's text-to-image model: two digits and their order are more to learn
+    text_steps: int  # chapter 6's text-to-image model: two digits and their order are more to learn
     text_lr: float  # its peak learning rate: tau_theta's transformer does not take the UNet's
     # its training canvases (seen pairs), made once: at the book budget 8,000 left held-out pairs at guidance 3
-    # to the seed (91% and 100% both correct, seeds 0 and 1), 16,000 did not (99.5% and 97.5%; chapter 5)
+    # to the seed (91% and 100% both correct, seeds 0 and 1), 16,000 did not (99.5% and 97.5%; chapter 6)
     text_canvases: int
-    inpaint_steps: int  # chapter 6's inpainting model, fine-tuned from chapter 3's
-    superres_steps: int  # chapter 7's super-resolution model and its regression baseline, from chapter 2's model
+    inpaint_steps: int  # chapter 7's inpainting model, fine-tuned from chapter 4's
+    superres_steps: int  # chapter 8's super-resolution model and its regression baseline, from chapter 2's model
     naive_epochs: tuple[int, int]  # appendix A's repaired naive VAE and MLP denoiser (the reproduction: 5 and 10)
     flow_width: int  # appendix B's flows: hidden channels of their coupling networks
     flow_steps: int  # appendix B's flows: optimiser steps each (batch_size digits a step)
     # what is measured, by the chapters and the benchmark alike (ldm_core.evaluate)
-    samples: int  # generated images per FID / accuracy (chapters 2, 3, 5, chapter 4's samplers, their benchmark keys)
-    sweep_samples: int  # per setting of chapter 4's sweeps over steps and guidance, and of chapter 2's race
+    samples: int  # generated images per FID / accuracy (chapters 2, 4, 6, chapter 5's samplers, their benchmark keys)
+    sweep_samples: int  # per setting of chapter 5's sweeps over steps and guidance, and of chapter 3's race
     generative_samples: int  # appendix B: samples per model, and test digits for bits/dim (DDPM samples T steps)
     kid_subset: int  # KID's subset size (at most the number of samples)
     bootstrap: int  # resamples of a FID's bootstrap standard error
@@ -199,13 +199,13 @@ class Budget:
     # the chapters' Checks
     claims: bool  # assert the chapters' quality claims; the smoke models train for seconds and claim nothing
     min_psnr: float  # chapter 1: the book's autoencoder on the test digits, dB
-    min_classifier_accuracy: float  # chapter 3: the judge on the test digits
-    min_cond_accuracy: float  # chapter 3: guidance 3
-    min_both_correct: float  # chapter 5: guidance 3, seen and held-out pairs
+    min_classifier_accuracy: float  # chapter 4: the judge on the test digits
+    min_cond_accuracy: float  # chapter 4: guidance 3
+    min_both_correct: float  # chapter 6: guidance 3, seen and held-out pairs
 
 
 # Why each number: smoke keeps `make test` within minutes (every chapter in well under a minute on 2 cores); book is
-# what 2 CPU cores train while a reader reads, every chapter within 5 minutes (chapter 5 within 8) with the recipe
+# what 2 CPU cores train while a reader reads, every chapter within 5 minutes (chapter 6 within 8) with the recipe
 # the study of quality per CPU-second chose (`python -m ldm_core.bench --study`, chapter 2); full is a first
 # guess for one GPU, not yet run (no GPU was lent when it was written), opt-in through LDM_BUDGET=full; its
 # class-conditional steps were not lowered with the warm start (the book's were, measured), for want of a GPU run.
@@ -262,10 +262,10 @@ def budget_table(budget: str | None = None) -> Budget:
 # --------------------------------------------------------------------------------------------- derived recipes
 
 def autoencoder_study(budget: str | None = None) -> dict[str, AutoencoderRecipe]:
-    """The autoencoders chapter 1 compares: the book's (``kl_f4``, pixel loss and KL) and variants that each
+    """The autoencoders chapters 1 and 3 compare: the book's (``kl_f4``, pixel loss and KL) and variants that each
     change one thing, trained for the same number of steps on the same data with the same seed.
 
-    - the f sweep ``kl_f1``, ``kl_f2``, ``kl_f4``, ``kl_f8``: one level fewer or more (same c, same widths);
+    - the f sweep ``kl_f1``, ``kl_f2``, ``kl_f4``, ``kl_f8`` (chapter 3): one level fewer or more (same c, same widths);
     - ``vq_f4``: VQ regularisation instead of KL;
     - the ablation ``kl_f4_perceptual`` (+ perceptual loss in the features of a second digit classifier,
       trained with another seed so that the loss does not optimise the features rFID is measured in, and for a
@@ -351,7 +351,7 @@ def text_recipe(budget: str | None = None) -> TextDiffusionRecipe:
     """The text-to-image recipe: the class-conditional recipe's UNet and first stage, its UNet started from the
     trained class-conditional model's (``warm_start``); tau_theta four times the UNet's first width, 3 blocks,
     trained from scratch with a lower learning rate than the UNet's recipe (``text_lr``: at 4e-3 tau_theta did not
-    learn the captions, chapter 5)."""
+    learn the captions, chapter 6)."""
     row = budget_table(budget)
     base = diffusion_recipe(row.name, conditional=True)
     unet = dataclasses.replace(base.unet, d_context=4 * base.unet.channels)
@@ -361,7 +361,7 @@ def text_recipe(budget: str | None = None) -> TextDiffusionRecipe:
 
 
 def inpainting_recipe(budget: str | None = None) -> InpaintingRecipe:
-    """The inpainting recipe (chapter 6): the class-conditional recipe, its UNet reading the latent's c channels of
+    """The inpainting recipe (chapter 7): the class-conditional recipe, its UNet reading the latent's c channels of
     the masked image and one of the mask besides z_t (``concat_channels`` = c + 1), fine-tuned for the budget
     table's ``inpaint_steps`` from the class-conditional model (``warm_start``), condition dropout kept so that
     guidance still works."""
@@ -372,7 +372,7 @@ def inpainting_recipe(budget: str | None = None) -> InpaintingRecipe:
 
 
 def superres_recipe(budget: str | None = None) -> SuperResolutionRecipe:
-    """The super-resolution recipe (chapter 7): the unconditional recipe, its UNet reading the low-resolution image
+    """The super-resolution recipe (chapter 8): the unconditional recipe, its UNet reading the low-resolution image
     (1 channel, 8x8) beside z_t, fine-tuned for the budget table's ``superres_steps`` from chapter 2's model
     (``warm_start``). The regression baseline (:func:`ldm_core.pretrained.superres_regression`) uses the same
     recipe."""

@@ -95,7 +95,7 @@ def ddpm_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
                 generator: torch.Generator | None = None, callback: Callback | None = None,
                 known: tuple[torch.Tensor, torch.Tensor] | None = None, resample: int = 1) -> torch.Tensor:
     """Ancestral sampling from the DDPM posterior q(z_{t_prev} | z_t, x0_hat) (DDPM Eq. 6-7, Algorithm 2). Taught
-    in chapter 4.
+    in chapter 5.
 
     For each pair (t, t_prev), with a = alpha_bar_t, a' = alpha_bar_{t_prev} and beta = 1 - a / a':
         mean = sqrt(a') beta / (1 - a) x0_hat + sqrt(1 - beta) (1 - a') / (1 - a) z_t
@@ -113,7 +113,7 @@ def ddpm_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
         callback: called after each step with dict(step, t, z_t, x0_hat, t_prev, z_prev): the state at t, the
             prediction of the clean latent made from it, and the state the step produced at t_prev.
         known: (z0_known, keep) for inpainting without training: before each step, where ``keep`` (broadcast to
-            z, 1 = known) is 1, z_t is replaced by z0_known noised to t (chapter 6's "blended" baseline).
+            z, 1 = known) is 1, z_t is replaced by z0_known noised to t (chapter 7's "blended" baseline).
         resample: U >= 1, RePaint's resampling (Lugmayr et al. 2022, Algorithm 1): every step but the last is
             taken U times, each time after jumping back from z_{t_prev} to a fresh z_t ~ q(z_t | z_{t_prev});
             U times the model calls. 1: no resampling. The callback sees the last of the U.
@@ -149,7 +149,7 @@ def ddpm_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
 def ddim_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, timesteps: torch.Tensor, cond=None,
                 eta: float = 0.0, generator: torch.Generator | None = None, callback: Callback | None = None,
                 known: tuple[torch.Tensor, torch.Tensor] | None = None, resample: int = 1) -> torch.Tensor:
-    """DDIM sampling (Song et al. 2021, Eq. 12 with sigma from Eq. 16). Taught in chapter 4.
+    """DDIM sampling (Song et al. 2021, Eq. 12 with sigma from Eq. 16). Taught in chapter 5.
 
     For each pair (t, t_prev), with a = alpha_bar_t and a' = alpha_bar_{t_prev}:
         sigma = eta * sqrt((1 - a') / (1 - a)) * sqrt(1 - a / a')
@@ -188,7 +188,7 @@ def ddim_sample(model: Model, noise: torch.Tensor, alpha_bar: torch.Tensor, time
 
 
 def classifier_free_guidance(model: Model, guidance_scale: float, null_cond: Callable[[int], object]) -> Model:
-    """Wrap a conditional model: eps = eps_u + guidance_scale * (eps_c - eps_u). Taught in chapter 4.
+    """Wrap a conditional model: eps = eps_u + guidance_scale * (eps_c - eps_u). Taught in chapter 5.
 
     This is Ho & Salimans 2022, Eq. 6, eps = (1 + w) eps_c - w eps_u, written with s = 1 + w as in the LDM and
     GLIDE code: s = 1 is the plain conditional model (w = 0).

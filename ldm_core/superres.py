@@ -1,4 +1,4 @@
-"""Super-resolution by concatenation (chapter 7; paper Sec. 4.4): 8x8 digits to 32x32, a factor of 4.
+"""Super-resolution by concatenation (chapter 8; paper Sec. 4.4): 8x8 digits to 32x32, a factor of 4.
 
 The factor is the autoencoder's f, so the low-resolution image lies on the latent grid: the super-resolution UNet
 reads it beside z_t as it is, concatenated along the channels (the paper's "tau_theta is the identity", Sec. 4.4).

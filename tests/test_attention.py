@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ldm_core import attention as attention_module
 from ldm_core.attention import Attention, explicit_attention, SpatialTransformer, position_encoding_2d
 
 
@@ -20,9 +21,10 @@ def reference(attention: Attention, x, context):
 
 @pytest.mark.parametrize("explicit", [True, False])
 @pytest.mark.parametrize("d_context", [None, 12])
-def test_attention_equals_the_written_out_reference_on_both_paths(d_context, explicit):
-    """As written (explicit_attention, and whenever weights are kept) and through torch's fused kernel (the
-    default): the same outputs and the same gradients."""
+def test_attention_equals_the_written_out_reference_on_both_paths(d_context, explicit, monkeypatch):
+    """As written (explicit_attention, whenever weights are kept, and below FUSED_MIN_PAIRS) and through torch's
+    fused kernel (here for every size): the same outputs and the same gradients."""
+    monkeypatch.setattr(attention_module, "FUSED_MIN_PAIRS", 0)
     attention = Attention(16, d_context, heads=4).double()
     x = torch.randn(3, 10, 16, dtype=torch.float64, requires_grad=True)
     context = x if d_context is None else torch.randn(3, 5, d_context, dtype=torch.float64)
@@ -39,12 +41,13 @@ def test_attention_equals_the_written_out_reference_on_both_paths(d_context, exp
 def test_the_fused_path_is_deterministic_and_agrees_in_float32():
     attention = Attention(64, None, heads=4)
     x = torch.randn(8, 256, 64)  # the pixel UNet's 16x16 tokens, where the fused kernel is used for speed
+    assert 256 * 256 >= attention_module.FUSED_MIN_PAIRS > 16 * 16, "fused there, written out at the latent's 4x4"
     first, second = attention(x), attention(x)
     assert torch.equal(first, second)
     torch.testing.assert_close(first, reference(attention, x, x), rtol=1e-4, atol=1e-5)
 
 
-def test_flops_are_counted_as_written_whichever_path_runs():
+def test_flops_are_counted_as_written_whichever_path_runs(monkeypatch):
     """torch's FLOP counter does not see the fused kernel on a CPU; training_flops counts attention as written:
     forward Q K^T and (weights) V, 2 N M d each, and their backward twice that, per head and example."""
     from ldm_core.train import training_flops
@@ -57,6 +60,7 @@ def test_flops_are_counted_as_written_whichever_path_runs():
         def forward(self, z, t, cond):  # z (1, 1, 16, 8): 16 tokens of width 8
             return self.attention(z[:, 0]).unsqueeze(1)
 
+    monkeypatch.setattr(attention_module, "FUSED_MIN_PAIRS", 0)  # the fused kernel even for 16 tokens
     model, z0 = Model(), torch.randn(1, 1, 16, 8)
     N, d, heads, width = 16, 4, 2, 8
     # q, k, v: forward and weight gradient (their input, the data, needs none); out: forward and both gradients

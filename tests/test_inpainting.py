@@ -1,4 +1,4 @@
-"""Concatenation conditioning, the widened first convolution, and inpainting masks (chapter 6)."""
+"""Concatenation conditioning, the widened first convolution, and inpainting masks (chapter 7)."""
 
 import pytest
 import torch

@@ -168,7 +168,7 @@ def test_the_cache_trains_once_and_latent_models_reuse_it_start_from_each_other_
     assert out["x"].shape == x.shape and torch.isfinite(out["raw"]).all()
     assert torch.equal(out["x"][known], x[known]), "the known pixels are pasted back"
     assert out["seam"].shape == (6,) and ((out["seam"] >= 0) & (out["seam"] <= 2)).all()
-    # chapter 7's two models start from the unconditional one, widened by the low-resolution image's channel
+    # chapter 8's two models start from the unconditional one, widened by the low-resolution image's channel
     from ldm_core.superres import downsample, regress, super_resolve
 
     for make in (pretrained.superres_diffusion, pretrained.superres_regression):

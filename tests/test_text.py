@@ -1,4 +1,4 @@
-"""Chapter 5's pieces: two-digit canvases and captions, the tokenizer, tau_theta, the null condition, attention maps."""
+"""Chapter 6's pieces: two-digit canvases and captions, the tokenizer, tau_theta, the null condition, attention maps."""
 
 import pytest
 import torch
@@ -64,7 +64,7 @@ def test_text_encoder_shapes_null_and_dropout():
 
 def test_text_encoder_starts_with_place_comparable_to_word():
     # CLIP's initialisation: a word's place moves its vector by about half as much as a change of word (with
-    # nn.Embedding's std-1 default the same word at two places would be ~1% apart: a bag of words, chapter 5)
+    # nn.Embedding's std-1 default the same word at two places would be ~1% apart: a bag of words, chapter 6)
     torch.manual_seed(0)
     encoder = TextEncoder(caption_tokenizer(), d_context=128, layers=0)
     h = encoder(encoder.tokenizer(["3 3 7"]))[0]  # layers=0: the normalised sum of word and position embeddings

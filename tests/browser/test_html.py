@@ -30,10 +30,10 @@ PAGES = sorted(str(p.relative_to(HTML)) for p in [*HTML.glob("*.html"), *HTML.gl
 CHAPTERS = sorted(p.stem for p in [*(ROOT / "book").glob("[0-9][0-9]_*.ipynb"), *(ROOT / "book").glob("appendix_*.ipynb")])
 SLIDERS = {  # page -> the sliders it must have: the forward process, then the samplers' settings
     "book/02_ldm_objective.html": {"t", "seed"},
-    "book/04_sampling.html": {"steps", "eta", "guidance"},
-    "book/05_text_to_image.html": {"guidance"},
-    "book/06_inpainting.html": {"rows_covered"},
-    "book/07_super_resolution.html": {"noise_std"},
+    "book/05_sampling.html": {"steps", "eta", "guidance"},
+    "book/06_text_to_image.html": {"guidance"},
+    "book/07_inpainting.html": {"rows_covered"},
+    "book/08_super_resolution.html": {"noise_std"},
 }
 # Chromium as root in a closed network: no sandbox, no GPU, none of its own background connections
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
