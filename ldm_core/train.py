@@ -119,8 +119,8 @@ def diffusion_loss(model: nn.Module, z0: torch.Tensor, alpha_bar: torch.Tensor, 
 def training_flops(model: nn.Module, z0: torch.Tensor, cond=None) -> int:
     """Floating-point operations of one training step of ``model`` on the batch ``z0``: the forward and backward
     pass of :func:`diffusion_loss`, counted by ``torch.utils.flop_counter`` (matrix products and convolutions,
-    the bulk of the work, attention's included; elementwise operations are not counted). Deterministic, unlike a wall-clock time,
-    so it can decide step counts; the optimiser's update is not included."""
+    the bulk of the work, attention's included; elementwise operations are not counted). Deterministic, unlike a
+    wall-clock time, so it can decide step counts; the optimiser's update is not included."""
     alpha_bar = torch.linspace(0.999, 0.01, 1000, dtype=torch.float64)
     counter = FlopCounterMode(display=False)
     with counter, explicit_attention():  # attention's matrix products as written, which the counter sees
