@@ -8,6 +8,7 @@ condition says.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
 import torch
@@ -15,7 +16,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-_explicit = False  # set by explicit_attention
 # query-key pairs per head from which an Attention calls torch's fused kernel (unless its weights are kept): the pixel
 # UNet's 16x16 = 256 tokens (65,536 pairs) train 1.5x and sample 1.7x faster with it on 2 CPU cores; the latent
 # UNets' 4x4 = 16 tokens and the captions' 8 words gain nothing, and keep the written-out form
@@ -31,12 +31,12 @@ def explicit_attention():
     (tests/test_attention.py), without storing the (B, heads, N, M) weights. Open it where the matrix products must
     be seen: torch's FLOP counter does not count the fused kernel on a CPU (:func:`ldm_core.train.training_flops`).
     """
-    global _explicit
-    before, _explicit = _explicit, True
+    global FUSED_MIN_PAIRS
+    before, FUSED_MIN_PAIRS = FUSED_MIN_PAIRS, math.inf
     try:
         yield
     finally:
-        _explicit = before
+        FUSED_MIN_PAIRS = before
 
 
 class Attention(nn.Module):
@@ -77,7 +77,7 @@ class Attention(nn.Module):
         q = self.to_q(x).view(B, N, self.heads, self.d_head).transpose(1, 2)  # (B, heads, N, d)
         k = self.to_k(context).view(B, M, self.heads, self.d_head).transpose(1, 2)  # (B, heads, M, d)
         v = self.to_v(context).view(B, M, self.heads, self.d_head).transpose(1, 2)  # (B, heads, M, d)
-        if self.keep_weights or _explicit or N * M < FUSED_MIN_PAIRS:
+        if self.keep_weights or N * M < FUSED_MIN_PAIRS:
             # softmax(Q K^T / sqrt(d)) V
             weights = torch.softmax(q @ k.transpose(-2, -1) / self.d_head**0.5, dim=-1)  # (B, heads, N, M)
             if self.keep_weights:

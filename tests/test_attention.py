@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ldm_core import attention as attention_module
 from ldm_core.attention import Attention, explicit_attention, SpatialTransformer, position_encoding_2d
