@@ -465,6 +465,20 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def machine() -> str:
+    """The machine in words: architecture, CPU model (where the OS names it), CPU count, Python. The CPU model is
+    part of a result's identity: another CPU rounds differently, so the same seed trains other models there, and
+    the quality numbers move as they would with another seed."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:  # Linux: platform.processor() gives the architecture only
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return (f"{platform.machine()}, {cpu or 'CPU model unknown'}, {os.cpu_count()} CPUs, "
+            f"{platform.python_implementation()} {platform.python_version()}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", choices=BUDGETS, required=True)
@@ -497,8 +511,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     start = time.perf_counter()
     result = {"budget": args.budget, "device": str(get_device()), "torch_version": torch.__version__,
-              "ldm_core_version": __version__, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-              f"{platform.python_implementation()} {platform.python_version()}"}
+              "ldm_core_version": __version__, "machine": machine()}
     save(result)
     if args.study:
         earlier = _earlier_runs(args.out, args.budget, args.runs)

@@ -1,6 +1,8 @@
 import json
 import os
+import platform
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +148,16 @@ def test_the_tradeoff_measures_every_space_along_equal_compute(monkeypatch, smok
         assert abs(compute[space] / compute["kl_f4"] - 1) <= runs[space]["flops_per_example"] / compute["kl_f4"] + 1e-9
     assert abs(compute["pixel"] / compute["kl_f4"] - bench.TRADEOFF_PIXEL_COMPUTE) < 0.5, "pixels get 3x the compute"
 
+
+
+def test_machine_names_the_cpu_model_count_and_python():
+    """A result's `machine` names the CPU model (the same seed trains other models on another CPU)."""
+    described = bench.machine()
+    assert described.startswith(platform.machine() + ", ")
+    assert f"{os.cpu_count()} CPUs" in described and platform.python_version() in described
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        if names:
+            assert names[0] in described
