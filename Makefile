@@ -16,7 +16,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --editable .
 	touch $(STAMP)
 
-# Executes every chapter at LDM_BUDGET (default: book on a CPU, full on a GPU) while building.
+# Executes every chapter at LDM_BUDGET (default: book, on any device; full is opt-in) while building.
 # -W turns warnings (a chapter that raises is one) into errors; --keep-going reports them all first.
 # Progress bars are for live sessions: the HTML shows the one summary line each training run prints.
 # Sliders become self-contained JavaScript players with pre-rendered frames (LDM_STATIC_HTML=1, ldm_core.viz).

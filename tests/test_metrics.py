@@ -45,6 +45,16 @@ def test_ssim_is_one_for_identical_images_and_drops_with_noise():
     assert (ssim(x, noisy) < 0.9).all()
 
 
+
+def test_ssim_of_black_against_a_faint_gray_is_its_luminance_term():
+    """Closed form (Wang et al. 2004; C1 = (0.01 * range)^2): two constant images 0 and h have no contrast,
+    so SSIM = C1 / (h^2 + C1); a haze of 1% of the range halves it, which PSNR (40 dB) hardly registers."""
+    black = torch.zeros(1, 1, 32, 32)
+    for h in (0.003, 0.01, 0.03):
+        expected = 1e-4 / (h ** 2 + 1e-4)
+        assert ssim(black, torch.full_like(black, h)).item() == pytest.approx(expected, rel=1e-5)
+    assert psnr(torch.full_like(black, 0.01), black).item() == pytest.approx(40.0, rel=1e-5)
+
 def test_fid_of_a_set_with_itself_is_zero():
     a = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
     assert abs(fid(a, a)) < 1e-6
