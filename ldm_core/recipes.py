@@ -173,10 +173,7 @@ class Budget:
     classifier: ClassifierRecipe  # the domain classifier: the judge of every FID and accuracy
     autoencoder: AutoencoderRecipe  # the book's first stage (KL, f = 4 at every budget)
     unet: UNetConfig  # the diffusion UNet's widths; in_channels and d_context are set per model
-    # chapter 2's latent model; at the book budget 1,000 steps left its FID (200 samples) at 185 on one CPU and
-    # 239 on another, about the 6x-floor target of 228; 1,500 measured 182 on the second (the pixel race and
-    # appendix B's DDPM get the same compute, so they grow with it)
-    steps_unconditional: int
+    steps_unconditional: int  # chapter 2's latent model
     steps_conditional: int  # chapter 4's class-conditional model, after chapter 2's model that it starts from
     batch_size: int  # of every diffusion model
     lr: float  # peak learning rate, after `warmup_steps` of linear warm-up, then a cosine decay
@@ -229,7 +226,7 @@ BUDGET_TABLE: dict[str, Budget] = {row.name: row for row in (
         classifier=ClassifierRecipe(width=32, steps=1000, batch_size=64),
         autoencoder=AutoencoderRecipe(config=AutoencoderConfig(), steps=400, batch_size=32),
         unet=UNetConfig(channels=32),
-        steps_unconditional=1500, steps_conditional=1500, batch_size=64, lr=4e-3, warmup_steps=100, ema_decay=0.995,
+        steps_unconditional=1000, steps_conditional=1500, batch_size=64, lr=4e-3, warmup_steps=100, ema_decay=0.995,
         text_steps=1000, text_lr=1e-3, text_canvases=16000, inpaint_steps=600, superres_steps=600,
         naive_epochs=(30, 100), flow_width=32, flow_steps=400,
         samples=200, sweep_samples=100, generative_samples=50, kid_subset=100, bootstrap=50, study_steps=1000,
