@@ -466,16 +466,17 @@ def partial_path(out: Path) -> Path:
 
 
 def machine() -> str:
-    """The machine in words: architecture, CPU model (where the OS names it), CPU count, Python. The CPU model is
-    part of a result's identity: another CPU rounds differently, so the same seed trains other models there, and
-    the quality numbers move as they would with another seed."""
-    cpu = platform.processor()
+    """The machine in words: architecture, CPU model (where the OS names it), the SIMD level PyTorch's CPU kernels
+    use, CPU count, Python. They are part of a result's identity: the same seed can train other models on another
+    CPU (its kernels round differently), and then the quality numbers move as they would with another seed."""
+    cpu = ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:  # Linux: platform.processor() gives the architecture only
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return (f"{platform.machine()}, {cpu or 'CPU model unknown'}, {os.cpu_count()} CPUs, "
+    return (f"{platform.machine()}, {cpu or 'CPU model unknown'}, {torch.backends.cpu.get_cpu_capability()}, "
+            f"{os.cpu_count()} CPUs, "
             f"{platform.python_implementation()} {platform.python_version()}")
 
 

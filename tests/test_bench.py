@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from ldm_core import bench, pretrained
 from ldm_core.bench import main
@@ -149,12 +150,12 @@ def test_the_tradeoff_measures_every_space_along_equal_compute(monkeypatch, smok
     assert abs(compute["pixel"] / compute["kl_f4"] - bench.TRADEOFF_PIXEL_COMPUTE) < 0.5, "pixels get 3x the compute"
 
 
-
 def test_machine_names_the_cpu_model_count_and_python():
     """A result's `machine` names the CPU model (the same seed trains other models on another CPU)."""
     described = bench.machine()
     assert described.startswith(platform.machine() + ", ")
     assert f"{os.cpu_count()} CPUs" in described and platform.python_version() in described
+    assert torch.backends.cpu.get_cpu_capability() in described  # the SIMD level of PyTorch's kernels
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()

@@ -45,7 +45,6 @@ def test_ssim_is_one_for_identical_images_and_drops_with_noise():
     assert (ssim(x, noisy) < 0.9).all()
 
 
-
 def test_ssim_of_black_against_a_faint_gray_is_its_luminance_term():
     """Closed form (Wang et al. 2004; C1 = (0.01 * range)^2): two constant images 0 and h have no contrast,
     so SSIM = C1 / (h^2 + C1); a haze of 1% of the range halves it, which PSNR (40 dB) hardly registers."""
