@@ -169,7 +169,7 @@ def make_ema(model: nn.Module, decay: float, warmup: bool = True) -> AveragedMod
 
 def adamw(parameters, lr: float) -> torch.optim.AdamW:
     """AdamW without weight decay (that is, Adam; Loshchilov & Hutter 2019), the optimiser of every model here, in
-    torch's per-tensor ("foreach") implementation.
+    torch's default implementation (on a CPU, a loop that updates one tensor at a time).
 
     torch's fused one (``fused=True``) computes the same update up to float rounding and is 6-8x faster per update
     for the book's UNet (1.2 against 7.5-9.3 ms, 209 tensors, 2 CPU cores: 7-9% of a training step), but rounding

@@ -54,6 +54,7 @@ def test_ssim_of_black_against_a_faint_gray_is_its_luminance_term():
         assert ssim(black, torch.full_like(black, h)).item() == pytest.approx(expected, rel=1e-5)
     assert psnr(torch.full_like(black, 0.01), black).item() == pytest.approx(40.0, rel=1e-5)
 
+
 def test_fid_of_a_set_with_itself_is_zero():
     a = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
     assert abs(fid(a, a)) < 1e-6
