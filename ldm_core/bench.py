@@ -41,6 +41,7 @@ from .evaluate import (INPAINTING_METHODS, SUPERRES_METHODS, Judge, completion_d
                        superres_table)
 from .metrics import reconstruction_scores
 from .recipes import Budget, DiffusionRecipe, autoencoder_study, budget_table, diffusion_recipe
+from .superres import DEGRADATIONS
 from .train import adamw, diffusion_loss
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
@@ -202,14 +203,15 @@ def measure_inpainting(row: Budget, judge: Judge) -> dict:
 
 def measure_superres(row: Budget, judge: Judge) -> dict:
     """Chapter 8: bicubic, regression and diffusion from 8x8 to 32x32 on ``samples`` test digits, for inputs made
-    by each degradation (:func:`~ldm_core.evaluate.superres_table`)."""
+    by each degradation, and the autoencoder's reconstructions of the originals, the ceiling of both latent methods
+    (:func:`~ldm_core.evaluate.superres_table`)."""
     models = {"regression": pretrained.superres_regression(row.name)[0],
               "diffusion": pretrained.superres_diffusion(row.name)[0]}
     numbers = ("psnr", "ssim", "fid", "fid_se", "accuracy", "consistency")
     table = superres_table(models, judge, row.samples)
-    result = {kind: {method: {key: by_method[method][key] for key in numbers} for method in SUPERRES_METHODS}
-              for kind, by_method in table.items()}
-    return {**result, "samples": row.samples}
+    result = {kind: {method: {key: table[kind][method][key] for key in numbers} for method in SUPERRES_METHODS}
+              for kind in DEGRADATIONS}
+    return {**result, "autoencoder": {key: table["autoencoder"][key] for key in numbers}, "samples": row.samples}
 
 
 def measure_naive(row: Budget, judge: Judge) -> dict:

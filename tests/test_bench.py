@@ -9,7 +9,8 @@ import torch
 
 from ldm_core import bench, pretrained
 from ldm_core.bench import main
-from ldm_core.evaluate import GENERATIVE_ROWS, NAIVE_ROWS, Judge
+from ldm_core.evaluate import GENERATIVE_ROWS, NAIVE_ROWS, Judge, random_test_digits
+from ldm_core.metrics import psnr
 from ldm_core.recipes import budget_table
 
 KEYS = {"budget", "device", "torch_version", "peak_rss_mb", "chapter_seconds", "classifier_test_accuracy",
@@ -87,6 +88,13 @@ def check_superres(result):
         assert set(result[kind]) == {"bicubic", "regression", "diffusion"}
         assert all({"psnr", "ssim", "fid", "fid_se", "accuracy", "consistency"} <= set(m)
                    for m in result[kind].values())
+    assert set(result["autoencoder"]) == {"psnr", "ssim", "fid", "fid_se", "accuracy", "consistency"}
+    # the ceiling row is the first stage's reconstruction of the same digits: the scale factor in and out cancels
+    ae = pretrained.autoencoder("smoke").model
+    x = random_test_digits(budget_table("smoke").samples, torch.Generator().manual_seed(0))[0]
+    with torch.no_grad():
+        reconstructions = ae.decode(ae.encode(x).mode()).clamp(-1, 1)
+    assert result["autoencoder"]["psnr"] == pytest.approx(psnr((reconstructions + 1) / 2, (x + 1) / 2).mean().item())
 
 
 def check_naive(naive):
