@@ -377,9 +377,10 @@ def superres_table(models: dict[str, LatentDiffusion], judge: Judge, n: int, deg
     Returns:
         {degradation: {method: :func:`measure_superres`'s dict plus ``x``, the outputs (N, 1, 32, 32), and
         ``"low"``: that degradation's inputs (N, 1, 8, 8)}, ``"autoencoder"``: the same dict for the first stage's
-        reconstructions D(E(x)) of the originals themselves}. The last is no way from 8x8 to 32x32 (it reads the
-        32x32 original): it is the ceiling of both latent methods, whose outputs are decoded latents, at its best
-        when the latent is the original's own.
+        reconstructions D(E(x)) of the originals themselves, its consistency against their bicubic downsampling}.
+        The last is no way from 8x8 to 32x32 (it reads the 32x32 original): it is the mark both latent methods,
+        whose outputs are decoded latents, cannot be expected to pass by much (not a strict bound: FID compares
+        unpaired sets, and the encoder's latent is not the one that decodes closest to x).
 
     Raises:
         TypeError, ValueError: for an n that is not an integer in [1, 1000], or an unknown degradation.
@@ -397,7 +398,8 @@ def superres_table(models: dict[str, LatentDiffusion], judge: Judge, n: int, deg
         table[kind]["low"] = low
     first_stage = models["diffusion"]
     reconstructions = first_stage.decode(first_stage.encode(x.to(first_stage.device))).clamp(-1, 1).cpu()
-    table["autoencoder"] = dict(x=reconstructions, **measure_superres(reconstructions, x, downsample(x), labels, judge))
+    table["autoencoder"] = dict(x=reconstructions,
+                                **measure_superres(reconstructions, x, downsample(x), labels, judge))
     return table
 
 

@@ -12,6 +12,7 @@ from ldm_core.bench import main
 from ldm_core.evaluate import GENERATIVE_ROWS, NAIVE_ROWS, Judge, random_test_digits
 from ldm_core.metrics import psnr
 from ldm_core.recipes import budget_table
+from ldm_core.superres import downsample
 
 KEYS = {"budget", "device", "torch_version", "peak_rss_mb", "chapter_seconds", "classifier_test_accuracy",
         "fid_floor_train_vs_test", "fid_floor_train_vs_test_se", "fid_floor_sweep_samples", "autoencoder", "ldm", "text2img",
@@ -89,12 +90,16 @@ def check_superres(result):
         assert all({"psnr", "ssim", "fid", "fid_se", "accuracy", "consistency"} <= set(m)
                    for m in result[kind].values())
     assert set(result["autoencoder"]) == {"psnr", "ssim", "fid", "fid_se", "accuracy", "consistency"}
-    # the ceiling row is the first stage's reconstruction of the same digits: the scale factor in and out cancels
+    # the autoencoder's row is the first stage's reconstruction of the same digits (superres_table's default seed 0,
+    # the budget's samples), its consistency against their bicubic downsampling: the scale factor in and out cancels
     ae = pretrained.autoencoder("smoke").model
     x = random_test_digits(budget_table("smoke").samples, torch.Generator().manual_seed(0))[0]
     with torch.no_grad():
-        reconstructions = ae.decode(ae.encode(x).mode()).clamp(-1, 1)
-    assert result["autoencoder"]["psnr"] == pytest.approx(psnr((reconstructions + 1) / 2, (x + 1) / 2).mean().item())
+        reconstructions = ae.decode(ae.encode(x.to(next(ae.parameters()).device)).mode()).clamp(-1, 1).cpu()
+    assert result["autoencoder"]["psnr"] == pytest.approx(psnr((reconstructions + 1) / 2, (x + 1) / 2).mean().item(),
+                                                          rel=1e-4)
+    assert result["autoencoder"]["consistency"] == pytest.approx(
+        ((downsample(reconstructions) - downsample(x)) ** 2).mean().item(), rel=1e-4)
 
 
 def check_naive(naive):
