@@ -203,8 +203,8 @@ def measure_inpainting(row: Budget, judge: Judge) -> dict:
 
 def measure_superres(row: Budget, judge: Judge) -> dict:
     """Chapter 8: bicubic, regression and diffusion from 8x8 to 32x32 on ``samples`` test digits, for inputs made
-    by each degradation, and the autoencoder's reconstructions of the originals, the ceiling of both latent methods
-    (:func:`~ldm_core.evaluate.superres_table`)."""
+    by each degradation, and the autoencoder's reconstructions of the originals, a mark neither latent method can be
+    expected to pass by much (:func:`~ldm_core.evaluate.superres_table`)."""
     models = {"regression": pretrained.superres_regression(row.name)[0],
               "diffusion": pretrained.superres_diffusion(row.name)[0]}
     numbers = ("psnr", "ssim", "fid", "fid_se", "accuracy", "consistency")
