@@ -207,11 +207,13 @@ def measure_superres(row: Budget, judge: Judge) -> dict:
     expected to pass by much (:func:`~ldm_core.evaluate.superres_table`)."""
     models = {"regression": pretrained.superres_regression(row.name)[0],
               "diffusion": pretrained.superres_diffusion(row.name)[0]}
-    numbers = ("psnr", "ssim", "fid", "fid_se", "accuracy", "consistency")
     table = superres_table(models, judge, row.samples)
-    result = {kind: {method: {key: table[kind][method][key] for key in numbers} for method in SUPERRES_METHODS}
-              for kind in DEGRADATIONS}
-    return {**result, "autoencoder": {key: table["autoencoder"][key] for key in numbers}, "samples": row.samples}
+
+    def numbers(measured: dict) -> dict:
+        return {key: measured[key] for key in ("psnr", "ssim", "fid", "fid_se", "accuracy", "consistency")}
+
+    result = {kind: {method: numbers(table[kind][method]) for method in SUPERRES_METHODS} for kind in DEGRADATIONS}
+    return {**result, "autoencoder": numbers(table["autoencoder"]), "samples": row.samples}
 
 
 def measure_naive(row: Budget, judge: Judge) -> dict:

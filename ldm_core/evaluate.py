@@ -396,8 +396,7 @@ def superres_table(models: dict[str, LatentDiffusion], judge: Judge, n: int, deg
         table[kind] = {method: dict(x=out, **measure_superres(out, x, low, labels, judge))
                        for method, out in outputs.items()}
         table[kind]["low"] = low
-    first_stage = models["diffusion"]
-    reconstructions = first_stage.decode(first_stage.encode(x.to(first_stage.device))).clamp(-1, 1).cpu()
+    reconstructions = models["diffusion"].autoencoder.reconstruct(x)
     table["autoencoder"] = dict(x=reconstructions,
                                 **measure_superres(reconstructions, x, downsample(x), labels, judge))
     return table
