@@ -262,7 +262,8 @@ def measure(budget: str, result: dict, save: Callable[[dict], None] = lambda res
 # at 4e-3 after 100 warm-up steps with a cosine decay, EMA with warm-up, linear schedule, batch 64, width 32).
 # ``before`` is version 0.3.0's recipe; ``eps_lr_2e-3`` the first calibration of issue 15 (eps, Min-SNR-5, 2e-3),
 # from which the first round changed one thing at a time; the second round changed lr, weighting, batch and
-# schedule of v-prediction. A run with another batch size takes as many steps as see the same number of examples.
+# schedule of v-prediction; ``v_logit_normal`` draws t from the logit-normal (train.timestep_probabilities).
+# A run with another batch size takes as many steps as see the same number of examples.
 _EPS = dict(prediction="eps", lr=2e-3, min_snr_gamma=5.0)
 _MIN_SNR = dict(min_snr_gamma=5.0)
 STUDY = {
@@ -282,6 +283,7 @@ STUDY = {
     "v_min_snr_5_lr_2e-3": {**_MIN_SNR, "lr": 2e-3},
     "v_min_snr_5_batch_32": {**_MIN_SNR, "batch_size": 32},
     "v_min_snr_5_schedule_scaled_linear": {**_MIN_SNR, "schedule": "scaled_linear"},
+    "v_logit_normal": dict(t_sampling="logit_normal"),
 }
 
 
@@ -302,7 +304,7 @@ def study_recipe(budget: str, change: dict) -> DiffusionRecipe:
 def study_record(recipe: DiffusionRecipe) -> dict:
     """The fields of a study run's recipe that the study varies, as JSON (the first stage is the book's)."""
     fields = ("steps", "batch_size", "lr", "warmup_steps", "lr_decay", "ema_decay", "ema_warmup", "schedule",
-              "prediction", "min_snr_gamma")
+              "prediction", "min_snr_gamma", "t_sampling")
     return {"unet": dataclasses.asdict(recipe.unet), **{name: getattr(recipe, name) for name in fields}}
 
 

@@ -23,6 +23,7 @@ from .schedules import q_sample, randn_like, rng_device, v_from_eps_x0
 
 PREDICTIONS = ("eps", "v")  # what the denoiser outputs: the noise (DDPM), or v (Salimans & Ho 2022)
 LR_DECAYS = ("constant", "cosine")
+T_SAMPLINGS = ("uniform", "logit_normal")  # how diffusion_loss draws t: DDPM's uniform draw, or SD3's logit-normal
 
 
 class Batches:
@@ -86,11 +87,51 @@ def loss_weight(alpha_bar: torch.Tensor, t: torch.Tensor, prediction: str = "eps
     return snr.clamp(max=min_snr_gamma) / (snr if prediction == "eps" else snr + 1)
 
 
+def timestep_probabilities(T: int, t_sampling: str = "uniform") -> torch.Tensor:
+    """P(t) of each timestep t = 0, ..., T-1 under a timestep sampling of :func:`diffusion_loss`, (T,) float64,
+    summing to 1. Taught in chapter 2.
+
+    ``"uniform"``: 1 / T (DDPM, and the paper's L_simple). ``"logit_normal"``: t = floor(T sigmoid(u)) with
+    u ~ N(0, 1), the logit-normal sampling of Esser et al. 2024 (Sec. 3.1, m = 0, s = 1) on the discrete
+    timesteps, so P(t) = Phi(logit((t + 1) / T)) - Phi(logit(t / T)): the middle timesteps are drawn most, both
+    ends rarely (P(T - 1 - t) = P(t)). Drawing t from P is, in expectation, the uniform draw with the loss weight
+    T P(t): a timestep sampling is a loss weighting that spends the steps where the weight is.
+
+    Raises:
+        ValueError: for T < 1 or an unknown t_sampling.
+    """
+    check_int("T", T, 1)
+    if t_sampling not in T_SAMPLINGS:
+        raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {t_sampling!r}")
+    if t_sampling == "uniform":
+        return torch.full((T,), 1 / T, dtype=torch.float64)
+    edges = torch.special.logit(torch.arange(T + 1, dtype=torch.float64) / T)  # -inf at 0, +inf at T
+    return torch.diff(torch.special.ndtr(edges))
+
+
+def sample_timesteps(B: int, T: int, t_sampling: str = "uniform", generator: torch.Generator | None = None,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+    """B timesteps in {0, ..., T-1} drawn as :func:`timestep_probabilities` says, (B,) int64 on ``device`` (drawn
+    with ``generator`` on its own device).
+
+    Raises:
+        ValueError: for an unknown t_sampling.
+    """
+    if t_sampling not in T_SAMPLINGS:
+        raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {t_sampling!r}")
+    where = rng_device(generator, device)
+    if t_sampling == "uniform":
+        return torch.randint(0, T, (B,), generator=generator, device=where).to(device)
+    u = torch.randn((B,), generator=generator, device=where, dtype=torch.float64)
+    return (torch.sigmoid(u) * T).long().clamp(0, T - 1).to(device)
+
+
 def diffusion_loss(model: nn.Module, z0: torch.Tensor, alpha_bar: torch.Tensor, cond=None,
                    generator: torch.Generator | None = None, prediction: str = "eps",
-                   min_snr_gamma: float | None = None, concat: torch.Tensor | None = None) -> torch.Tensor:
+                   min_snr_gamma: float | None = None, concat: torch.Tensor | None = None, *,
+                   t_sampling: str = "uniform") -> torch.Tensor:
     """The LDM objective (paper Eq. 2; DDPM's simplified loss L_simple, Ho et al. 2020, Eq. 14), taught in chapter 2:
-    E_{z0, eps ~ N(0, I), t ~ U{0..T-1}} w_t || target - model(z_t, t, cond) ||^2, averaged per element, where the
+    E_{z0, eps ~ N(0, I), t ~ P(t)} w_t || target - model(z_t, t, cond) ||^2, averaged per element, where the
     target is eps (``prediction="eps"``) or v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) z0 (``"v"``), and
     w_t is :func:`loss_weight` (1 for every t unless ``min_snr_gamma`` is set; eps without it is exactly L_simple).
 
@@ -102,12 +143,13 @@ def diffusion_loss(model: nn.Module, z0: torch.Tensor, alpha_bar: torch.Tensor, 
         generator: randomness of t and eps.
         prediction, min_snr_gamma: see :func:`loss_weight`.
         concat: a spatial condition (B, k, h, w) concatenated to z_t at the UNet's input, or None.
+        t_sampling: P(t), see :func:`timestep_probabilities` (``"uniform"``: t ~ U{0..T-1}).
 
     Returns:
         scalar loss.
     """
     B, T = z0.shape[0], alpha_bar.shape[0]
-    t = torch.randint(0, T, (B,), generator=generator, device=rng_device(generator, z0.device)).to(z0.device)
+    t = sample_timesteps(B, T, t_sampling, generator, z0.device)
     eps = randn_like(z0, generator)
     z_t = q_sample(z0, t, eps, alpha_bar)
     target = eps if prediction == "eps" else v_from_eps_x0(eps, z0, t, alpha_bar)
@@ -386,7 +428,8 @@ def fit_diffusion(model: nn.Module, first_stage: nn.Module, x: torch.Tensor, y: 
             cond = to_condition(y_b, generator) if to_condition is not None else y_b
             cond = condition_dropout(cond, model.conditioner.null(len(cond), device), recipe.p_uncond, generator)
         concat = to_concat(x_b[0], generator) if to_concat is not None else None
-        return diffusion_loss(model, z0, alpha_bar, cond, generator, recipe.prediction, recipe.min_snr_gamma, concat)
+        return diffusion_loss(model, z0, alpha_bar, cond, generator, recipe.prediction, recipe.min_snr_gamma, concat,
+                              t_sampling=recipe.t_sampling)
 
     return train(model, loss_fn, steps=recipe.steps, lr=recipe.lr, desc=desc, ema_decay=recipe.ema_decay,
                  ema_warmup=recipe.ema_warmup, warmup_steps=recipe.warmup_steps, lr_decay=recipe.lr_decay,

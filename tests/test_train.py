@@ -7,8 +7,8 @@ import math
 
 from ldm_core.pipeline import LatentDiffusion
 from ldm_core.schedules import log_snr, v_from_eps_x0
-from ldm_core.train import (Batches, adamw, diffusion_loss, ema_decay_at, loss_weight, lr_factor, make_ema, train,
-                            training_flops)
+from ldm_core.train import (Batches, adamw, diffusion_loss, ema_decay_at, loss_weight, lr_factor, make_ema,
+                            sample_timesteps, timestep_probabilities, train, training_flops)
 
 
 def test_batches_cover_each_epoch_once_and_depend_only_on_the_step():
@@ -173,6 +173,49 @@ def test_min_snr_weighting_is_the_same_x0_weighting_for_eps_and_v():
     assert torch.equal(loss_weight(alpha_bar, t, "eps"), torch.ones(len(t), dtype=torch.float64))
     with pytest.raises(ValueError, match="prediction"):
         loss_weight(alpha_bar, t, "x0")
+
+
+def test_logit_normal_timestep_probabilities_have_their_closed_form():
+    T = 1000
+    assert torch.equal(timestep_probabilities(T), torch.full((T,), 1 / T, dtype=torch.float64))
+    p = timestep_probabilities(T, "logit_normal")
+    torch.testing.assert_close(p.sum(), torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(p, p.flip(0))  # the logit of 1 - s is minus the logit of s
+    # the middle (density phi(0) / (1/2 * 1/2) = 1.6 / T at t = T / 2), hardly the ends
+    assert p.argmax().item() in (499, 500) and p[500] > 1.5 / T and p[0] < 1e-8
+
+    def phi(u):  # the standard normal's distribution function, written out
+        return 0.5 * (1 + math.erf(u / math.sqrt(2)))
+
+    for t in (1, 37, 250, 700):  # P(t) = P(t <= T sigmoid(u) < t + 1) = Phi(logit((t + 1) / T)) - Phi(logit(t / T))
+        expected = phi(math.log((t + 1) / (T - t - 1))) - phi(math.log(t / (T - t)))
+        assert math.isclose(p[t].item(), expected, rel_tol=1e-9)
+    with pytest.raises(ValueError, match="t_sampling"):
+        timestep_probabilities(T, "lognormal")
+
+
+def test_sample_timesteps_draws_the_probabilities_and_diffusion_loss_uses_them():
+    T, n = 10, 200_000
+    for sampling in ("uniform", "logit_normal"):
+        t = sample_timesteps(n, T, sampling, torch.Generator().manual_seed(0))
+        assert t.dtype == torch.int64 and 0 <= t.min() and t.max() < T
+        p = timestep_probabilities(T, sampling)
+        frequency = torch.bincount(t, minlength=T).double() / n
+        assert ((frequency - p).abs() < 5 * (p * (1 - p) / n).sqrt()).all(), (sampling, frequency, p)
+    seen = []
+
+    def model(z_t, t, cond):
+        seen.append(t)
+        return torch.zeros_like(z_t)
+
+    alpha_bar = alpha_bar_from_betas(linear_beta_schedule(1000))
+    z0 = torch.randn(256, 1, 2, 2)
+    for sampling in ("uniform", "logit_normal"):
+        diffusion_loss(model, z0, alpha_bar, generator=torch.Generator().manual_seed(3), t_sampling=sampling)
+    assert torch.equal(seen[0], torch.randint(0, 1000, (256,), generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(seen[1], sample_timesteps(256, 1000, "logit_normal", torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="t_sampling"):
+        sample_timesteps(4, T, "normal")
 
 
 def test_a_v_prediction_pipeline_hands_the_samplers_eps():
