@@ -21,7 +21,7 @@ from .budget import BUDGETS, get_budget
 from .schedules import SCHEDULES, alpha_bar_from_betas
 from .checks import check_finite, check_int
 from .flows import BUILDERS
-from .train import PREDICTIONS, T_SAMPLINGS, lr_factor
+from .train import PREDICTIONS, check_t_sampling, lr_factor
 from .unet import UNetConfig
 
 
@@ -78,7 +78,7 @@ class DiffusionRecipe:
     # --study`, chapter 2): see train.diffusion_loss, train.lr_factor and train.ema_decay_at
     prediction: str = "v"  # the denoiser's output: "v" or "eps"
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting; None: uniform (plain v-MSE, or L_simple)
-    t_sampling: str = "uniform"  # how t is drawn (train.T_SAMPLINGS): uniform, or logit-normal (a weighting)
+    t_sampling: str = "uniform"  # how t is drawn (train.T_SAMPLINGS): in expectation a loss weight T P(t)
     warmup_steps: int = 0  # linear learning-rate warm-up (the budget table's, in every recipe it makes)
     lr_decay: str = "cosine"  # then "cosine" decay to 0 or "constant"
     ema_warmup: bool = True  # the EMA's decay min(ema_decay, (1 + n) / (10 + n)) at update n
@@ -97,8 +97,7 @@ class DiffusionRecipe:
             raise ValueError(f"schedule must be one of {tuple(SCHEDULES)}, got {self.schedule!r}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
-        if self.t_sampling not in T_SAMPLINGS:
-            raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {self.t_sampling!r}")
+        check_t_sampling(self.t_sampling)
         if self.min_snr_gamma is not None:
             check_finite("min_snr_gamma (or None)", self.min_snr_gamma, low=0.0, open_low=True)
         lr_factor(0, self.steps, check_int("warmup_steps", self.warmup_steps, 0), self.lr_decay)  # the schedule

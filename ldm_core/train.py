@@ -23,7 +23,7 @@ from .schedules import q_sample, randn_like, rng_device, v_from_eps_x0
 
 PREDICTIONS = ("eps", "v")  # what the denoiser outputs: the noise (DDPM), or v (Salimans & Ho 2022)
 LR_DECAYS = ("constant", "cosine")
-T_SAMPLINGS = ("uniform", "logit_normal")  # how diffusion_loss draws t: DDPM's uniform draw, or SD3's logit-normal
+T_SAMPLINGS = ("uniform", "logit_normal")  # how diffusion_loss draws t (timestep_probabilities)
 
 
 class Batches:
@@ -87,23 +87,35 @@ def loss_weight(alpha_bar: torch.Tensor, t: torch.Tensor, prediction: str = "eps
     return snr.clamp(max=min_snr_gamma) / (snr if prediction == "eps" else snr + 1)
 
 
-def timestep_probabilities(T: int, t_sampling: str = "uniform") -> torch.Tensor:
-    """P(t) of each timestep t = 0, ..., T-1 under a timestep sampling of :func:`diffusion_loss`, (T,) float64,
-    summing to 1. Taught in chapter 2.
-
-    ``"uniform"``: 1 / T (DDPM, and the paper's L_simple). ``"logit_normal"``: t = floor(T sigmoid(u)) with
-    u ~ N(0, 1), the logit-normal sampling of Esser et al. 2024 (Sec. 3.1, m = 0, s = 1) on the discrete
-    timesteps, so P(t) = Phi(logit((t + 1) / T)) - Phi(logit(t / T)): the middle timesteps are drawn most, both
-    ends rarely (P(T - 1 - t) = P(t)). Drawing t from P is, in expectation, the uniform draw with the loss weight
-    T P(t): a timestep sampling is a loss weighting that spends the steps where the weight is.
+def check_t_sampling(t_sampling: str) -> str:
+    """``t_sampling`` if it is one of :data:`T_SAMPLINGS`.
 
     Raises:
-        ValueError: for T < 1 or an unknown t_sampling.
+        ValueError: otherwise, naming the choices.
     """
-    check_int("T", T, 1)
     if t_sampling not in T_SAMPLINGS:
         raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {t_sampling!r}")
-    if t_sampling == "uniform":
+    return t_sampling
+
+
+def timestep_probabilities(T: int, t_sampling: str = "uniform") -> torch.Tensor:
+    """P(t) of each timestep index t = 0, ..., T-1 under a timestep sampling of :func:`diffusion_loss`, (T,)
+    float64 on the CPU, summing to 1. Taught in chapter 2.
+
+    ``"uniform"``: 1 / T (DDPM, and the paper's L_simple). ``"logit_normal"``: t = floor(T sigmoid(u)) with
+    u ~ N(0, 1), so P(t) = Phi(logit((t + 1) / T)) - Phi(logit(t / T)): the middle indices are drawn most (1.6 / T
+    at T / 2), both ends hardly ever (P(0) = P(T - 1) = 2.5e-12 for T = 1000). This is the shape of the
+    logit-normal sampling of Esser et al. 2024 (Sec. 3.1, m = 0, s = 1), put on the *index* of the schedule, not on
+    the paper's rectified-flow time: along DDPM's linear schedule the middle index has log-SNR -2.5 (SNR = 1 is at
+    t = 259), where the paper's middle has log-SNR 0. Drawing t from P is, in expectation, the uniform draw with
+    the loss weight T P(t): a timestep sampling is a loss weighting that spends the training steps where the
+    weight is.
+
+    Raises:
+        TypeError, ValueError: for a T that is not an integer >= 1, or an unknown t_sampling.
+    """
+    check_int("T", T, 1)
+    if check_t_sampling(t_sampling) == "uniform":
         return torch.full((T,), 1 / T, dtype=torch.float64)
     edges = torch.special.logit(torch.arange(T + 1, dtype=torch.float64) / T)  # -inf at 0, +inf at T
     return torch.diff(torch.special.ndtr(edges))
@@ -111,19 +123,27 @@ def timestep_probabilities(T: int, t_sampling: str = "uniform") -> torch.Tensor:
 
 def sample_timesteps(B: int, T: int, t_sampling: str = "uniform", generator: torch.Generator | None = None,
                      device: torch.device | str = "cpu") -> torch.Tensor:
-    """B timesteps in {0, ..., T-1} drawn as :func:`timestep_probabilities` says, (B,) int64 on ``device`` (drawn
-    with ``generator`` on its own device).
+    """Timestep indices drawn as :func:`timestep_probabilities` says.
+
+    Args:
+        B: how many, >= 0. T: the number of timesteps, >= 1. t_sampling: one of :data:`T_SAMPLINGS`.
+        generator: drawn from on its own device (the uniform draw is ``torch.randint``'s, number for number).
+        device: where the result goes.
+
+    Returns:
+        (B,) int64 in [0, T-1] on ``device``. The logit-normal's u is drawn in float64, as the closed form's bin
+        edges are computed, so that floor(T sigmoid(u)) falls in the bin the closed form gives it.
 
     Raises:
-        ValueError: for an unknown t_sampling.
+        TypeError, ValueError: for B or T that are not integers >= 0 and >= 1, or an unknown t_sampling.
     """
-    if t_sampling not in T_SAMPLINGS:
-        raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {t_sampling!r}")
+    check_int("B", B, 0)
+    check_int("T", T, 1)
     where = rng_device(generator, device)
-    if t_sampling == "uniform":
+    if check_t_sampling(t_sampling) == "uniform":
         return torch.randint(0, T, (B,), generator=generator, device=where).to(device)
     u = torch.randn((B,), generator=generator, device=where, dtype=torch.float64)
-    return (torch.sigmoid(u) * T).long().clamp(0, T - 1).to(device)
+    return (torch.sigmoid(u) * T).long().clamp(max=T - 1).to(device)  # sigmoid(u) = 1 in float64 for u > 37
 
 
 def diffusion_loss(model: nn.Module, z0: torch.Tensor, alpha_bar: torch.Tensor, cond=None,

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -6,6 +8,7 @@ from ldm_core.cache import save_atomic
 import math
 
 from ldm_core.pipeline import LatentDiffusion
+from ldm_core.recipes import diffusion_recipe
 from ldm_core.schedules import log_snr, v_from_eps_x0
 from ldm_core.train import (Batches, adamw, diffusion_loss, ema_decay_at, loss_weight, lr_factor, make_ema,
                             sample_timesteps, timestep_probabilities, train, training_flops)
@@ -180,7 +183,7 @@ def test_logit_normal_timestep_probabilities_have_their_closed_form():
     assert torch.equal(timestep_probabilities(T), torch.full((T,), 1 / T, dtype=torch.float64))
     p = timestep_probabilities(T, "logit_normal")
     torch.testing.assert_close(p.sum(), torch.tensor(1.0, dtype=torch.float64))
-    torch.testing.assert_close(p, p.flip(0))  # the logit of 1 - s is minus the logit of s
+    torch.testing.assert_close(p, p.flip(0), rtol=1e-6, atol=0)  # the logit of 1 - s is minus the logit of s
     # the middle (density phi(0) / (1/2 * 1/2) = 1.6 / T at t = T / 2), hardly the ends
     assert p.argmax().item() in (499, 500) and p[500] > 1.5 / T and p[0] < 1e-8
 
@@ -190,8 +193,15 @@ def test_logit_normal_timestep_probabilities_have_their_closed_form():
     for t in (1, 37, 250, 700):  # P(t) = P(t <= T sigmoid(u) < t + 1) = Phi(logit((t + 1) / T)) - Phi(logit(t / T))
         expected = phi(math.log((t + 1) / (T - t - 1))) - phi(math.log(t / (T - t)))
         assert math.isclose(p[t].item(), expected, rel_tol=1e-9)
+    # the first bin, below logit(1 / T): Phi's tail, 0.5 erfc(|u| / sqrt 2), where 1 - Phi would cancel to nothing
+    assert math.isclose(p[0].item(), 0.5 * math.erfc(math.log(T - 1) / math.sqrt(2)), rel_tol=1e-4)  # torch: 8e-6
+    assert torch.equal(timestep_probabilities(1, "logit_normal"), torch.ones(1, dtype=torch.float64))
     with pytest.raises(ValueError, match="t_sampling"):
         timestep_probabilities(T, "lognormal")
+    with pytest.raises(ValueError, match="T"):
+        timestep_probabilities(0, "logit_normal")
+    with pytest.raises(ValueError, match="t_sampling"):
+        dataclasses.replace(diffusion_recipe("smoke", conditional=False), t_sampling="normal")
 
 
 def test_sample_timesteps_draws_the_probabilities_and_diffusion_loss_uses_them():
@@ -216,6 +226,25 @@ def test_sample_timesteps_draws_the_probabilities_and_diffusion_loss_uses_them()
     assert torch.equal(seen[1], sample_timesteps(256, 1000, "logit_normal", torch.Generator().manual_seed(3)))
     with pytest.raises(ValueError, match="t_sampling"):
         sample_timesteps(4, T, "normal")
+    with pytest.raises(ValueError, match="T"):
+        sample_timesteps(4, 0, "logit_normal")  # not floor(0 * sigmoid(u)) clamped to -1
+
+
+def test_fit_diffusion_draws_the_timesteps_its_recipe_names(monkeypatch):
+    import ldm_core.train as train_module
+    from ldm_core.autoencoder import PixelSpace
+    from ldm_core.recipes import DiffusionRecipe
+    from ldm_core.unet import Denoiser, UNet, UNetConfig
+
+    drawn = []
+    original = train_module.sample_timesteps
+    monkeypatch.setattr(train_module, "sample_timesteps", lambda *args: drawn.append(args[2]) or original(*args))
+    unet = UNetConfig.tiny(in_channels=1)
+    recipe = DiffusionRecipe(autoencoder=None, unet=unet, steps=2, batch_size=4, lr=1e-3, ema_decay=0.9,
+                             t_sampling="logit_normal")
+    x = torch.rand(8, 1, 8, 8) * 2 - 1
+    train_module.fit_diffusion(Denoiser(UNet(unet)), PixelSpace(), x, torch.zeros(8), recipe, desc="test")
+    assert drawn == ["logit_normal", "logit_normal"]
 
 
 def test_a_v_prediction_pipeline_hands_the_samplers_eps():
