@@ -8,7 +8,7 @@ from ldm_core.cache import save_atomic
 import math
 
 from ldm_core.pipeline import LatentDiffusion
-from ldm_core.recipes import diffusion_recipe
+from ldm_core.recipes import DiffusionRecipe, diffusion_recipe
 from ldm_core.schedules import log_snr, v_from_eps_x0
 from ldm_core.train import (Batches, adamw, diffusion_loss, ema_decay_at, loss_weight, lr_factor, make_ema,
                             sample_timesteps, timestep_probabilities, train, training_flops)
@@ -233,7 +233,6 @@ def test_sample_timesteps_draws_the_probabilities_and_diffusion_loss_uses_them()
 def test_fit_diffusion_draws_the_timesteps_its_recipe_names(monkeypatch):
     import ldm_core.train as train_module
     from ldm_core.autoencoder import PixelSpace
-    from ldm_core.recipes import DiffusionRecipe
     from ldm_core.unet import Denoiser, UNet, UNetConfig
 
     drawn = []
